@@ -1,0 +1,410 @@
+"""Does the swarm match the big model? ``python -m gossip.experiment CONFIG --out DIR``.
+
+Runs, one after the other, with the same data, seeds and epochs (every arm is the CONFIG
+with a few keys changed):
+
+* ``large``  — the centralized large model (``experiment.large_model``) on all the data;
+* ``small``  — the centralized small model (``experiment.small_model``), the peers' model;
+* ``swarm``  — ``peers`` small models gossiping (the CONFIG's swarm settings), then its
+  **ensemble** vote and **consensus** model scored on the test split (:mod:`gossip.ensemble`);
+* sweeps     — the swarm again with one key changed per run (``experiment.sweeps``).
+
+Each arm runs once per seed in ``experiment.seeds`` (sweeps: ``experiment.sweep_seeds``).
+It writes ``DIR/report.md``, ``DIR/report.json`` and PNG plots (:mod:`gossip.report`), rebuilt
+from the JSONL logs by :mod:`gossip.analyze`. Each arm lives in ``DIR/arms/<arm>-seed<s>/``;
+an arm whose result is already there is not run again, so an interrupted experiment resumes
+where it stopped (``--fresh`` starts over).
+
+The ``experiment:`` mapping of the config (every key optional)::
+
+    experiment:
+      large_model: mnist_cnn        # default: model.name
+      small_model: mnist_tiny       # default: model.name
+      arms: [large, small, swarm]   # which base arms to run
+      seeds: [0, 1]                 # default: [seed]
+      sweep_seeds: [0]              # default: the first seed
+      target_accuracy: 0.98         # for the "time to target" column; default: none
+      match_tolerance_pts: 0.5      # the swarm "matches" if within this many accuracy points
+      ensemble: true                # score the ensemble vote and the consensus model
+      dashboard: false              # start the web dashboard for swarm arms
+      sweeps:                       # one swarm run per value, everything else as in the swarm arm
+        link.bandwidth: [10Gbps, 100Mbps]
+        codec.density: [0.001, 0.1]
+        peers: [2, 8]
+        partition: [iid, "dirichlet:0.5", "dirichlet:0.1"]   # also "shards:2"
+        topology.kind: [full, ring]
+
+Sweep keys are config keys (``section.key``) or ``partition``. Overrides on the command line
+work for experiment keys too: ``experiment.seeds=[0]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from gossip import analyze, report
+from gossip import config as config_mod
+from gossip.cli import guarded
+from gossip.config import Config, config_hash, to_dict
+from gossip.errors import ConfigError, PeerError
+from gossip.log import configure, get_logger
+
+log = get_logger("gossip.experiment")  # not __name__: it is "__main__" under -m
+
+BASE_ARMS = ("large", "small", "swarm")
+_KEYS = {"large_model", "small_model", "arms", "seeds", "sweep_seeds", "target_accuracy",
+         "match_tolerance_pts", "ensemble", "dashboard", "sweeps"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    large_model: str
+    small_model: str
+    arms: tuple[str, ...]
+    seeds: tuple[int, ...]
+    sweep_seeds: tuple[int, ...]
+    target_accuracy: float | None
+    match_tolerance_pts: float
+    ensemble: bool
+    dashboard: bool
+    sweeps: dict[str, list[Any]]
+
+
+def _ints(key: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value or not all(type(v) is int for v in value):
+        raise ConfigError(f"experiment.{key}: expected a non-empty list of integers, got {value!r}")
+    return tuple(value)
+
+
+def settings_from(cfg: Config) -> Settings:
+    """Validate ``cfg.experiment``; a ConfigError names ``experiment.<key>``."""
+    from gossip.models import MODELS
+
+    raw = cfg.experiment
+    unknown = sorted(set(raw) - _KEYS)
+    if unknown:
+        raise ConfigError(f"experiment.{unknown[0]}: unknown key (valid: {', '.join(sorted(_KEYS))})")
+    models = {}
+    for key in ("large_model", "small_model"):
+        name = raw.get(key, cfg.model.name)
+        if name not in MODELS:
+            raise ConfigError(f"experiment.{key}: unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
+        models[key] = name
+    arms = raw.get("arms", list(BASE_ARMS))
+    if not isinstance(arms, list) or not arms or any(a not in BASE_ARMS for a in arms):
+        raise ConfigError(f"experiment.arms: expected a list of {', '.join(BASE_ARMS)}, got {arms!r}")
+    seeds = _ints("seeds", raw.get("seeds", [cfg.seed]))
+    sweep_seeds = _ints("sweep_seeds", raw.get("sweep_seeds", [seeds[0]]))
+    target = raw.get("target_accuracy")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1):
+        raise ConfigError(f"experiment.target_accuracy: expected a number in (0, 1], got {target!r}")
+    tol = raw.get("match_tolerance_pts", 0.5)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
+        raise ConfigError(f"experiment.match_tolerance_pts: expected a number >= 0, got {tol!r}")
+    flags = {}
+    for key, default in (("ensemble", True), ("dashboard", False)):
+        flags[key] = raw.get(key, default)
+        if not isinstance(flags[key], bool):
+            raise ConfigError(f"experiment.{key}: expected true or false, got {flags[key]!r}")
+    sweeps = raw.get("sweeps", {}) or {}
+    if not isinstance(sweeps, dict):
+        raise ConfigError(f"experiment.sweeps: expected a mapping of key: [values], got {sweeps!r}")
+    for key, values in sweeps.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"experiment.sweeps.{key}: expected a non-empty list of values, got {values!r}")
+        for value in values:  # every value must make a valid config
+            try:
+                config_mod.replace(cfg, sweep_overrides(key, value))
+            except ConfigError as exc:
+                raise ConfigError(f"experiment.sweeps.{key}: {value!r}: {exc}") from None
+    return Settings(models["large_model"], models["small_model"], tuple(arms), seeds, sweep_seeds,
+                    None if target is None else float(target), float(tol), flags["ensemble"],
+                    flags["dashboard"], {str(k): list(v) for k, v in sweeps.items()})
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def sweep_overrides(key: str, value: Any) -> dict[str, Any]:
+    """``("partition", "dirichlet:0.1")`` -> ``{"data": {"partition": "dirichlet", "alpha": 0.1}}``."""
+    if key != "partition":
+        return _nest(key, value)
+    kind, _, arg = str(value).partition(":")
+    try:
+        if kind == "iid" and not arg:
+            return {"data": {"partition": "iid"}}
+        if kind == "dirichlet":
+            return {"data": {"partition": "dirichlet", "alpha": float(arg or 0.5)}}
+        if kind == "shards":
+            return {"data": {"partition": "shards", "shards_per_peer": int(arg or 2)}}
+    except ValueError:
+        pass
+    raise ConfigError(f"expected iid, dirichlet:ALPHA or shards:K, got {value!r}")
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        # an empty mapping replaces (experiment.sweeps={} turns the sweeps off); others merge
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and v and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Like :func:`gossip.config.load`, but ``experiment.x=...`` overrides merge into the mapping."""
+    mine = [o for o in overrides if o.strip().startswith("experiment.")]
+    cfg = config_mod.load(path, [o for o in overrides if o not in mine])
+    extra = config_mod.parse_overrides(mine).get("experiment", {})
+    return dataclasses.replace(cfg, experiment=_merge(cfg.experiment, extra))
+
+
+# ---------------------------------------------------------------- the plan
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).replace("=", "-")
+
+
+def plan(cfg: Config, s: Settings) -> list[dict[str, Any]]:
+    """Every arm x seed: name, group, role, seed, dir, sweep and its resolved config."""
+    arms: list[dict[str, Any]] = []
+    by_hash: dict[tuple[str, str], str] = {}
+
+    def add(group: str, role: str, seed: int, extra: dict[str, Any], sweep: dict[str, Any] | None) -> None:
+        arm_cfg = config_mod.replace(cfg, _merge({"seed": seed}, extra))
+        kind = "swarm" if role in ("swarm", "sweep") else "centralized"
+        key = (kind, config_hash(arm_cfg) if kind == "swarm" else config_hash(dataclasses.replace(arm_cfg, peers=1)))
+        name = f"{_slug(group.replace(' ', '-'))}-seed{seed}"
+        folder = by_hash.setdefault(key, f"arms/{name}")  # an identical config runs once
+        arms.append({"name": name, "group": group, "role": role, "seed": seed, "dir": folder, "kind": kind,
+                     "sweep": sweep, "config": arm_cfg})
+
+    swarm = {"model": {"name": s.small_model}, "checkpoint": {"save_final": True},
+             "dashboard": {"enabled": s.dashboard}}
+    for seed in s.seeds:
+        if "large" in s.arms:
+            add("large", "large", seed, {"model": {"name": s.large_model}}, None)
+        if "small" in s.arms:
+            add("small", "small", seed, {"model": {"name": s.small_model}}, None)
+        if "swarm" in s.arms:
+            add("swarm", "swarm", seed, swarm, None)
+    for key, values in s.sweeps.items():
+        for value in values:
+            for seed in s.sweep_seeds:
+                add(f"sweep {key}={value}", "sweep", seed, _merge(swarm, sweep_overrides(key, value)),
+                    {"key": key, "value": value})
+    return arms
+
+
+# ---------------------------------------------------------------- running arms
+class TelemetryRecorder:
+    """Observer thread: appends every peer snapshot's counters to ``telemetry.jsonl`` (bandwidth plot)."""
+
+    FIELDS = ("peer_id", "ts", "state", "epoch", "step", "bytes_sent", "bytes_received", "test_accuracy")
+
+    def __init__(self, cfg: Config, path: Path) -> None:
+        self.cfg, self.path = cfg, path
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="telemetry-recorder", daemon=True)
+
+    def __enter__(self) -> TelemetryRecorder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+    def _run(self) -> None:
+        import zmq
+
+        from gossip.telemetry import telemetry_endpoint
+
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.setsockopt(zmq.LINGER, 0)
+        for p in range(self.cfg.peers):
+            sub.connect(telemetry_endpoint(self.cfg, p))
+        with self.path.open("a", encoding="utf-8") as out:
+            while not self.stop.is_set():
+                if not sub.poll(200):
+                    continue
+                try:
+                    snap = json.loads(sub.recv(zmq.NOBLOCK))
+                except (zmq.Again, ValueError):
+                    continue
+                if isinstance(snap, dict):
+                    out.write(json.dumps({k: snap.get(k) for k in self.FIELDS}) + "\n")
+        sub.close()
+        ctx.term()
+
+
+def arm_done(arm: dict[str, Any], root: Path, ensemble: bool) -> bool:
+    path = root / arm["dir"] / "result.json"
+    if not path.is_file():
+        return False
+    try:
+        result = json.loads(path.read_text())
+    except ValueError:
+        return False
+    if arm["kind"] == "centralized":
+        return result.get("kind") == "centralized"
+    peers = arm["config"].peers
+    finals = all((root / arm["dir"] / f"peer-{p}.final.pt").is_file() for p in range(peers))
+    return (result.get("finished_peers") == peers and not result.get("interrupted")
+            and not result.get("failed") and (finals or not ensemble))
+
+
+def _run_arm(arm: dict[str, Any], root: Path, s: Settings, progress: IO[str] | None) -> None:
+    from gossip import baseline, launch
+
+    arm_dir = root / arm["dir"]
+    if arm_dir.exists():
+        shutil.rmtree(arm_dir)  # a half-finished arm: logs are appended to, so start it clean
+    arm_dir.mkdir(parents=True)
+    cfg = arm["config"]
+    if arm["kind"] == "centralized":
+        baseline.run(cfg, arm_dir, progress=baseline.TerminalProgress(cfg.train.epochs, progress)
+                     if progress else None)
+        return
+    with TelemetryRecorder(cfg, arm_dir / "telemetry.jsonl"):
+        result = launch.run(cfg, arm_dir, dashboard=s.dashboard, progress=progress)
+    if result.get("interrupted"):
+        raise KeyboardInterrupt
+    if result.get("failed"):
+        raise PeerError(f"{arm['name']}: peers failed: {result['failed']} (see {arm_dir}/peer-*.log)")
+
+
+def _ensemble(arm: dict[str, Any], root: Path, cache: dict[str, Any]) -> dict[str, Any]:
+    from gossip import ensemble
+    from gossip.data import load_dataset
+
+    arm_dir = root / arm["dir"]
+    path = arm_dir / "ensemble.json"
+    if path.is_file():
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    cfg = arm["config"]
+    key = json.dumps(to_dict(cfg)["data"], sort_keys=True)
+    if key not in cache:
+        cache.clear()  # one data set in memory at a time
+        cache[key] = load_dataset(cfg.data)
+    result = ensemble.evaluate_swarm(cfg, arm_dir, cache[key])
+    path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _say(progress: IO[str] | None, text: str) -> None:
+    if progress is not None:
+        progress.write(text + "\n")
+        progress.flush()
+
+
+def run(cfg: Config, out: str | Path, *, progress: IO[str] | None = sys.stderr, fresh: bool = False,
+        report_only: bool = False) -> dict[str, Any]:
+    """Run every arm not yet done, then write the report; returns report.json's content."""
+    s = settings_from(cfg)
+    arms = plan(cfg, s)
+    root = Path(out)
+    if fresh and root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    exp_log = root / "experiment.jsonl"
+    configure(exp_log)
+    entries = [{k: a[k] for k in ("name", "group", "role", "seed", "dir", "kind", "sweep")} for a in arms]
+    log.info("experiment_plan", settings=dataclasses.asdict(s), arms=entries, config=to_dict(cfg))
+    unique: dict[str, dict[str, Any]] = {}
+    for a in arms:
+        unique.setdefault(a["dir"], a)  # an arm sharing another's folder (same config) runs under the first name
+    todo = [] if report_only else list(unique.values())
+    t0 = time.monotonic()
+    failed: list[str] = []
+    cache: dict[str, Any] = {}
+    interrupted = False
+    try:
+        for i, arm in enumerate(todo, 1):
+            head = f"[{i}/{len(todo)}] {arm['name']} ({arm['kind']}, {arm['config'].model.name}"
+            head += f", {arm['config'].peers} peers)" if arm["kind"] == "swarm" else ")"
+            if arm_done(arm, root, s.ensemble):
+                _say(progress, f"{head}: already done, skipped")
+            else:
+                _say(progress, f"{head}: running ...")
+                started = time.monotonic()
+                try:
+                    _run_arm(arm, root, s, progress)
+                except PeerError as exc:
+                    configure(exp_log)
+                    log.error("arm_failed", arm=arm["name"], dir=arm["dir"], error=str(exc))
+                    _say(progress, f"{head}: FAILED: {exc}")
+                    failed.append(arm["name"])
+                    continue
+                configure(exp_log)
+                log.info("arm_done", arm=arm["name"], dir=arm["dir"], seconds=round(time.monotonic() - started, 3))
+                _say(progress, f"{head}: done in {time.monotonic() - started:.0f} s "
+                               f"(experiment {time.monotonic() - t0:.0f} s so far)")
+            if arm["kind"] == "swarm" and s.ensemble:
+                extra = _ensemble(arm, root, cache)
+                configure(exp_log)
+                log.info("swarm_ensemble", arm=arm["name"], dir=arm["dir"], ensemble=extra["ensemble"],
+                         consensus=extra["consensus"], agreement=extra["agreement"],
+                         ensemble_uniform=extra["ensemble_uniform"], peer_accuracy=extra["peer_accuracy"])
+    except KeyboardInterrupt:
+        interrupted = True  # write what is done, then stop; the same command resumes
+    configure(exp_log)
+    data = analyze.load(root)
+    result = report.write(root, data, analyze.summarize(data), data["settings"])
+    log.info("experiment_report", answer=result["answer"], failed=failed, interrupted=interrupted,
+             seconds=round(time.monotonic() - t0, 3))
+    configure()
+    if interrupted:
+        _say(progress, f"interrupted: partial report in {root / 'report.md'}; run the same command to resume")
+        raise KeyboardInterrupt
+    result["failed"] = failed
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m gossip.experiment",
+        description="Swarm of small models vs one big model: run the centralized large and small models, "
+        "the swarm (with its ensemble and consensus) and the configured sweeps, then write DIR/report.md, "
+        "DIR/report.json and plots. Arms already done in DIR are not run again.",
+        epilog="example: python -m gossip.experiment configs/compare_mnist.yaml --out runs/compare_mnist "
+        "experiment.seeds=[0]",
+    )
+    ap.add_argument("config", help="YAML config with an experiment: mapping (see configs/compare_*.yaml)")
+    ap.add_argument("--out", required=True, help="folder for the arms, the report and the plots")
+    ap.add_argument("--fresh", action="store_true", help="delete DIR first instead of resuming")
+    ap.add_argument("--report-only", action="store_true", help="run nothing: rebuild the report from DIR's logs")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=1")
+    args = ap.parse_intermixed_args(argv)  # overrides may follow --out
+
+    def go() -> int:
+        cfg = load(args.config, args.overrides)
+        result = run(cfg, args.out, fresh=args.fresh, report_only=args.report_only)
+        print(report.markdown_table(result["rows"], result["target_accuracy"]))
+        print(f"\n{result['answer']}\n-> {Path(args.out) / 'report.md'}")
+        if result["failed"]:
+            print(f"failed arms: {', '.join(result['failed'])}", file=sys.stderr)
+            return 1
+        return 0
+
+    return guarded(go)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""Bookkeeping of the swarm as one peer sees it: who sent what, who is done, who is down.
+
+Rules it enforces:
+
+* **No update is applied twice.** An update is identified by ``(node_id, seq)``; sequence
+  numbers start at 0 per sender and never repeat. :meth:`Ledger.first_time` is True once per
+  pair. Memory stays bounded: everything below a per-sender *floor* (all seqs before it
+  seen) is one integer, and a seq more than ``SEQ_WINDOW`` above the floor is refused (a
+  flood of made-up sequence numbers cannot grow the set).
+* **Finishing** is two-phase. A peer that ends its local training sends ``Done(last_seq)``.
+  When every live peer is *done* and all its updates up to ``last_seq`` have arrived, this
+  peer is *delivered* (its model has everything) and announces ``complete``. It keeps
+  relaying until every live peer is complete, so nobody on a sparse topology is cut off by
+  a neighbour leaving early.
+* **Liveness**: a peer not heard from (directly or via a relayed message) for
+  ``timeouts.silence_s`` is *down*, and the others stop waiting for it; hearing from it
+  again brings it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SEQ_WINDOW = 100_000
+
+
+@dataclass
+class PeerView:
+    floor: int = 0  # every seq below this has been seen
+    above: set[int] = field(default_factory=set)  # seen seqs >= floor
+    last_seq: int | None = None  # from its Done message
+    complete: bool = False
+    last_heard: float = 0.0
+    down: bool = False
+    ever_heard: bool = False
+
+    def seen_count(self) -> int:
+        return self.floor + len(self.above)
+
+
+class Ledger:
+    def __init__(self, peer_id: int, peers: int, now: float) -> None:
+        self.peer_id = peer_id
+        self.views = {p: PeerView(last_heard=now) for p in range(peers) if p != peer_id}
+
+    def known(self, origin: int) -> bool:
+        return origin in self.views
+
+    def in_window(self, origin: int, seq: int) -> bool:
+        view = self.views[origin]
+        return seq < view.floor + SEQ_WINDOW
+
+    def first_time(self, origin: int, seq: int) -> bool:
+        """Record ``(origin, seq)``; False when it was seen before (a duplicate or replay)."""
+        view = self.views[origin]
+        if seq < view.floor or seq in view.above:
+            return False
+        view.above.add(seq)
+        while view.floor in view.above:
+            view.above.remove(view.floor)
+            view.floor += 1
+        return True
+
+    def heard(self, origin: int, now: float) -> bool:
+        """Note a sign of life; True when the peer was down and is back."""
+        view = self.views.get(origin)
+        if view is None:
+            return False
+        view.last_heard = now
+        view.ever_heard = True
+        if view.down:
+            view.down = False
+            return True
+        return False
+
+    def mark_done(self, origin: int, last_seq: int) -> bool:
+        view = self.views[origin]
+        first = view.last_seq is None
+        view.last_seq = last_seq
+        return first
+
+    def mark_complete(self, origin: int) -> bool:
+        view = self.views[origin]
+        first = not view.complete
+        view.complete = True
+        return first
+
+    def check_down(self, now: float, silence_s: float) -> list[int]:
+        """Peers that just went silent past ``silence_s`` (finished ones are never down)."""
+        newly = []
+        for p, view in self.views.items():
+            if not view.down and not view.complete and now - view.last_heard > silence_s:
+                view.down = True
+                newly.append(p)
+        return newly
+
+    def _delivered(self, view: PeerView) -> bool:
+        return view.last_seq is not None and view.seen_count() >= view.last_seq + 1
+
+    def all_delivered(self) -> bool:
+        return all(v.down or v.complete or self._delivered(v) for v in self.views.values())
+
+    def all_complete(self) -> bool:
+        return all(v.down or v.complete for v in self.views.values())
+
+    def waiting_for(self) -> list[int]:
+        return [p for p, v in self.views.items() if not (v.down or v.complete or self._delivered(v))]
+
+    def down(self) -> list[int]:
+        return [p for p, v in self.views.items() if v.down]

@@ -1,0 +1,175 @@
+"""The training thread of a peer: train, fold in neighbours' deltas, hand updates to the loop.
+
+Per batch, in this order:
+
+1. **fold in** every neighbour update the loop has decoded since the last batch
+   (``aggregate`` policy weights, then ``flat += w × delta``);
+2. **train**: one local optimizer step on this peer's shard;
+3. **accumulate**: the step's own parameter delta goes into the error-feedback residual —
+   this peer already applied it to itself, its neighbours have not seen it yet;
+4. **trigger**: when a sync trigger fires, the codec compresses the residual (subtracting
+   exactly what it sends) and the packed bytes go to the loop.
+
+At the end: a last ``final`` update flushes the residual, ``done`` tells the loop the last
+sequence number, and the thread keeps folding in updates until the loop says everything from
+every live peer has arrived; then it evaluates on the test split.
+
+This module touches no socket: everything crosses :class:`gossip.bridge.Bridge`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gossip import aggregate, wire
+from gossip.bridge import Bridge
+from gossip.codec import ErrorFeedback, Layout, make_encoder
+from gossip.config import Config
+from gossip.data import Dataset, Split
+from gossip.log import get_logger
+from gossip.train import Trainer
+from gossip.trigger import FINAL, Trigger
+
+log = get_logger(__name__)
+
+FINISHED = "finished"  # loop -> thread: everything from every live peer has arrived
+EPOCH_EVAL_SAMPLES = 2000  # test samples scored at the end of each epoch but the last
+WAIT_POLL_S = 0.1
+
+
+@dataclass
+class Progress:
+    """Written by the training thread, read by the loop for telemetry (plain attributes)."""
+
+    state: str = "starting"
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    loss: float = float("nan")
+    confidence: float = 0.0
+    test_accuracy: float | None = None
+    updates_originated: int = 0
+    updates_applied: int = 0
+    updates_rejected_by_policy: int = 0
+    raw_bytes_originated: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Worker:
+    def __init__(self, cfg: Config, peer_id: int, trainer: Trainer, dataset: Dataset,
+                 bridge: Bridge, layout: Layout, start_epoch: int = 0) -> None:
+        self.cfg = cfg
+        self.peer_id = peer_id
+        self.trainer = trainer
+        self.dataset = dataset
+        self.bridge = bridge
+        self.layout = layout
+        self.encoder = make_encoder(cfg.codec, layout)
+        self.feedback = ErrorFeedback(layout.numel, device=trainer.flat.device)
+        self.trigger = Trigger(cfg.communication)
+        self.policy = aggregate.make_policy(cfg.communication)
+        self.progress = Progress()
+        self.start_epoch = start_epoch
+        self.seq = 0
+        self.stopped = False
+        self._prev = torch.empty_like(trainer.flat)
+        self._delta = torch.empty_like(trainer.flat)
+
+    # ------------------------------------------------------------ the thread body
+    def run(self) -> dict[str, Any]:
+        tr, cfg = self.trainer, self.cfg
+        self.progress.state = "training"
+        for epoch in range(self.start_epoch, cfg.train.epochs):
+            self.progress.epoch = epoch
+            self.bridge.to_loop(("epoch", epoch))
+            loss_sum, batches, t0 = 0.0, 0, time.monotonic()
+            for step, (x, y) in enumerate(tr.batches(epoch)):
+                if self.bridge.stop.is_set():
+                    return self._stop()
+                self.fold_in(self.bridge.drain())
+                self._prev.copy_(tr.flat)
+                stats = tr.step(x, y)
+                torch.sub(tr.flat, self._prev, out=self._delta)
+                self.feedback.add(self._delta)
+                p = self.progress
+                p.step, p.global_step = step + 1, p.global_step + 1
+                p.loss, p.confidence = stats.loss, stats.confidence
+                loss_sum, batches = loss_sum + stats.loss, batches + 1
+                reason = self.trigger.observe(stats.confidence, stats.grad_norm)
+                if reason is not None:
+                    self.send_update(reason)
+            self._end_epoch(epoch, loss_sum / max(1, batches), time.monotonic() - t0)
+        return self._finish()
+
+    def fold_in(self, items: list[Any]) -> bool:
+        """Apply decoded neighbour updates; True when the loop said FINISHED among them."""
+        finished = FINISHED in items
+        updates = [u for u in items if isinstance(u, wire.DecodedUpdate)]
+        if not updates:
+            return finished
+        local = aggregate.Local(step=self.progress.global_step, confidence=self.progress.confidence)
+        with torch.no_grad():
+            for update, weight in zip(updates, self.policy.weights(updates, local), strict=True):
+                if weight is None:
+                    self.progress.updates_rejected_by_policy += 1
+                    log.info("update_rejected", reason="aggregation_policy",
+                             node_id=update.node_id, seq=update.seq)
+                    continue
+                aggregate.apply(self.trainer.flat, update, weight)
+                self.progress.updates_applied += 1
+        return finished
+
+    def send_update(self, reason: str, *, final: bool = False) -> None:
+        density = 1.0 if final else None
+        update = self.encoder.encode(self.feedback, density=density)
+        data = wire.pack_update(
+            update, node_id=self.peer_id, seq=self.seq, step=self.progress.global_step,
+            epoch=self.progress.epoch, confidence=min(1.0, max(0.0, self.progress.confidence)),
+            schema_hash=self.layout.schema_hash, final=final,
+        )
+        self.bridge.to_loop(("update", self.seq, data, reason))
+        self.seq += 1
+        self.progress.updates_originated += 1
+
+    # ------------------------------------------------------------ epochs and the end
+    def _end_epoch(self, epoch: int, train_loss: float, seconds: float) -> None:
+        last = epoch == self.cfg.train.epochs - 1
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "seconds": round(seconds, 3)}
+        if not last:
+            test = self.dataset.test
+            n = min(EPOCH_EVAL_SAMPLES, len(test.labels))
+            metrics = self.trainer.evaluate(Split(test.images[:n], test.labels[:n]))
+            record.update(test_accuracy=metrics["accuracy"], test_samples=n)
+            self.progress.test_accuracy = metrics["accuracy"]
+        self.progress.history.append(record)
+        log.info("epoch_end", **record, triggers=dict(self.trigger.fired))
+
+    def _finish(self) -> dict[str, Any]:
+        self.progress.state = "finishing"
+        if self.cfg.communication.final_flush:
+            self.trigger.mark_synced(FINAL)
+            self.send_update(FINAL, final=True)
+        self.bridge.to_loop(("done", self.seq - 1))
+        while not self.bridge.stop.is_set():
+            if self.fold_in(self.bridge.wait(WAIT_POLL_S)):
+                break
+        self.fold_in(self.bridge.drain())  # anything that raced the FINISHED marker
+        metrics = self.trainer.evaluate(self.dataset.test)
+        self.progress.test_accuracy = metrics["accuracy"]
+        self.progress.epoch = self.cfg.train.epochs
+        self.progress.state = "done"
+        if self.progress.history:
+            self.progress.history[-1]["test_accuracy"] = metrics["accuracy"]
+        log.info("peer_evaluated", test_accuracy=metrics["accuracy"], test_loss=metrics["loss"],
+                 residual_norm=float(self.feedback.residual.norm()))
+        return {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"], "stopped": False}
+
+    def _stop(self) -> dict[str, Any]:
+        self.stopped = True
+        self.progress.state = "done"
+        log.info("training_stopped", epoch=self.progress.epoch, step=self.progress.step)
+        return {"test_accuracy": None, "test_loss": None, "stopped": True}
