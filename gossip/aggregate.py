@@ -89,3 +89,7 @@ def make_policy(cfg: CommunicationConfig) -> Policy:
     if cfg.aggregation not in POLICIES:
         raise ConfigError(f"communication.aggregation: {cfg.aggregation!r} is not available")
     return POLICIES[cfg.aggregation](cfg)
+
+
+# The robust policies (clip, trimmed_mean, median, centered_clip) register themselves here.
+from gossip import robust  # noqa: E402,F401

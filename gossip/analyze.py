@@ -134,11 +134,11 @@ def load_swarm(run_dir: Path) -> Arm:
                               if x.get("event") == "peer_down" and isinstance(x.get("peer"), int)}),
     }
     t0 = start.get("ts") if start else min((c["ts"] for c in curve if c["ts"]), default=None)
-    arm["bandwidth"] = _bandwidth(run_dir, curve, sent_by_epoch, t0)
+    arm["send_rate"] = _send_rate(run_dir, curve, sent_by_epoch, t0)
     return arm
 
 
-def _bandwidth(run_dir: Path, curve: list[dict[str, Any]], sent_by_epoch: dict[int, int],
+def _send_rate(run_dir: Path, curve: list[dict[str, Any]], sent_by_epoch: dict[int, int],
                t0: float | None) -> list[dict[str, float]]:
     """Swarm send rate (bits/s, all peers) over time: from telemetry.jsonl, else one point per epoch."""
     path = run_dir / "telemetry.jsonl"
@@ -184,7 +184,7 @@ def load_centralized(run_dir: Path) -> Arm:
         "final_accuracy": [done["test_accuracy"]] if done else [], "finished_peers": int(done is not None),
         "complete": done is not None, "curve": curve, "bytes_sent_total": 0, "dense_equivalent_bytes": 0,
         "mb_per_epoch": 0.0, "compression_ratio": None, "wall_s": done.get("wall_s") if done else None,
-        "label_histograms": [], "bandwidth": [], "rejected": 0, "peers_down": [],
+        "label_histograms": [], "send_rate": [], "rejected": 0, "peers_down": [],
     }
 
 
@@ -238,44 +238,43 @@ def time_to_target(curve: list[dict[str, Any]], target: float | None) -> float |
     return None
 
 
-def _row(label: str, group: str, role: str, arms: list[Arm], per_seed: list[list[float]],
-         target: float | None) -> dict[str, Any]:
-    pooled = [a for accs in per_seed for a in accs]
+def _row(group: str, arms: list[Arm], target: float | None) -> dict[str, Any]:
+    """One table row: an arm group's seeds pooled (swarm accuracy: every peer of every seed)."""
+    per_seed = [a["final_accuracy"] for a in arms]
+    pooled = [x for accs in per_seed for x in accs]
     seed_means = [statistics.fmean(accs) for accs in per_seed if accs]
-    ttt = [time_to_target(a["curve"], target) for a in arms] if role not in ("ensemble", "consensus") else []
+    ttt = [time_to_target(a["curve"], target) for a in arms]
     first = arms[0]
-    return {
-        "arm": label, "group": group, "role": role, "kind": first["kind"], "model": first["model"],
+    swarm = first["kind"] == "swarm"
+    row = {
+        "arm": group, "group": group, "role": first["role"], "kind": first["kind"], "model": first["model"],
         "params": first["params"], "peers": first["peers"], "partition": first["partition"],
-        "topology": first["topology"], "bandwidth": first["bandwidth"] if first["kind"] == "swarm" else None,
-        "density": first["density"] if first["kind"] == "swarm" else None,
+        "topology": first["topology"], "bandwidth": first["bandwidth"] if swarm else None,
+        "density": first["density"] if swarm else None, "sweep": first.get("sweep"),
         "seeds": [a["seed"] for a in arms], "n": len(pooled),
         "accuracy_mean": _mean(pooled), "accuracy_std": _std(pooled),
         "accuracy_seed_std": _std(seed_means) if len(seed_means) > 1 else None,
         "mb_per_epoch": _mean([a["mb_per_epoch"] for a in arms]),
         "wall_s": _mean([a["wall_s"] for a in arms]),
-        "time_to_target_s": _mean([t for t in ttt if t is not None]) if ttt else None,
-        "target_reached": f"{sum(t is not None for t in ttt)}/{len(ttt)}" if ttt and target is not None else None,
+        "time_to_target_s": _mean([t for t in ttt if t is not None]),
+        "target_reached": f"{sum(t is not None for t in ttt)}/{len(ttt)}" if target is not None else None,
         "compression_ratio": _mean([a["compression_ratio"] for a in arms]),
         "complete": all(a["complete"] for a in arms),
     }
+    for extra in ("ensemble", "consensus"):  # the swarm deciding together, over seeds
+        scores = [a[extra]["accuracy"] for a in arms if a.get(extra)]
+        row[f"{extra}_mean"], row[f"{extra}_std"] = _mean(scores), _std(scores)
+    row["agreement_mean"] = _mean([a["agreement"] for a in arms if a.get("agreement") is not None])
+    return row
 
 
 def summarize(run: dict[str, Any], target: float | None = None) -> dict[str, Any]:
-    """Table rows (one per arm group, seeds pooled; ensemble/consensus rows after each swarm group)."""
+    """Table rows, one per arm group (seeds pooled), in plan order."""
     target = target if target is not None else run["settings"].get("target_accuracy")
     groups: dict[str, list[Arm]] = defaultdict(list)
     for arm in run["arms"]:
         groups[arm["group"]].append(arm)
-    rows = []
-    for group, arms in groups.items():
-        role = arms[0]["role"]
-        rows.append(_row(group, group, role, arms, [a["final_accuracy"] for a in arms], target))
-        for extra in ("ensemble", "consensus"):
-            scored = [a for a in arms if a.get(extra)]
-            if scored:
-                rows.append(_row(f"{group} {extra}", group, extra, scored,
-                                 [[a[extra]["accuracy"]] for a in scored], target))
+    rows = [_row(group, arms, target) for group, arms in groups.items()]
     return {"dir": run["dir"], "target_accuracy": target, "rows": rows}
 
 
@@ -290,6 +289,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
         delta = (None if ra["accuracy_mean"] is None or rb["accuracy_mean"] is None
                  else 100 * (rb["accuracy_mean"] - ra["accuracy_mean"]))
         out.append({"arm": ra["arm"], "accuracy_a": ra["accuracy_mean"], "accuracy_b": rb["accuracy_mean"],
+                    "ensemble_a": ra["ensemble_mean"], "ensemble_b": rb["ensemble_mean"],
                     "delta_pts": delta, "mb_per_epoch_a": ra["mb_per_epoch"], "mb_per_epoch_b": rb["mb_per_epoch"],
                     "wall_s_a": ra["wall_s"], "wall_s_b": rb["wall_s"]})
     return out

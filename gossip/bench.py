@@ -3,6 +3,7 @@
 =========  =====================================================================
 codec      encode/decode throughput and wire size of the codecs (gossip.codec.bench)
 swarm      a swarm against the centralized baseline, end to end (gossip.bench_swarm)
+robust     robust aggregation against simulated attackers (gossip.bench_robust)
 =========  =====================================================================
 
 A subcommand is a module with ``main(argv: list[str] | None) -> int``; add one by
@@ -18,6 +19,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "codec": ("gossip.codec.bench", "codec throughput and bytes on the wire"),
     "swarm": ("gossip.bench_swarm", "a swarm against the centralized baseline"),
+    "robust": ("gossip.bench_robust", "robust aggregation against simulated attackers"),
 }
 
 

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ring8", action="store_true", help="also run a ring of 8 peers")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every arm")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
     figures = run(args.config, Path(args.out), args.overrides, args.ring8)
     if args.json:
         print(json.dumps(figures, indent=2))

@@ -82,16 +82,16 @@ class CommunicationConfig:
 @dataclass(frozen=True)
 class CodecConfig:
     select: Literal["topk", "sampled_topk", "randomk", "dense", "powersgd"] = "sampled_topk"
-    density: float = field(default=0.01, metadata=_range(0.0, 1.0, lo_open=True))
+    density: float = field(default=0.01, metadata=_range(0.0, 1.0, lo_open=True))  # kept / elements of tensors >= dense_below
     values: Literal["int8", "int4", "sign", "fp16", "fp32"] = "int8"
-    chunk: int = field(default=0, metadata=_range(0))  # per-chunk scale every N values; 0: one per tensor
+    chunk: int = field(default=256, metadata=_range(0))  # values per quantization scale; 0: one per group
     index: Literal["auto", "delta_zlib", "bitmap_zlib", "rice", "rice_zlib"] = "auto"
     zlib_level: int = field(default=1, metadata=_range(0, 9))  # 1: measured best size/speed (gossip.bench codec)
     dense_below: int = field(default=2048, metadata=_range(0))  # tensors this small go dense
     error_feedback: bool = True
-    momentum_correction: bool = False
-    clip_norm: float = field(default=0.0, metadata=_range(0.0))  # local gradient clipping; 0: off
-    warmup_steps: int = field(default=0, metadata=_range(0))  # sparsity warm-up (DGC)
+    momentum_correction: bool = False  # DGC; use ErrorFeedback.for_config(..., momentum=train.momentum)
+    clip_norm: float = field(default=0.0, metadata=_range(0.0))  # max L2 norm of one update (rest waits); 0: off
+    warmup_steps: int = field(default=0, metadata=_range(0))  # encodes over which density falls from 25% (DGC)
     powersgd_rank: int = field(default=4, metadata=_range(1))
 
 

@@ -95,10 +95,10 @@ class Dashboard:
             data = await sock.recv()
             try:
                 message = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested deep enough to hurt
                 message = None
             if not self.view.ingest(peer_id, message):
-                log.debug("telemetry_rejected", peer=peer_id, size=len(data))
+                log.warning("telemetry_rejected", peer=peer_id, size=len(data))
 
     def _subscribe(self) -> list[zmq.asyncio.Socket]:
         self._ctx = zmq.asyncio.Context()

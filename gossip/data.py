@@ -145,7 +145,27 @@ def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+_IDX_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _read_idx(raw: Path, train: bool) -> Split | None:
+    """Read uncompressed IDX files directly: no torchvision import (seconds of start-up per peer)."""
+    images_path, labels_path = (raw / f for f in _IDX_FILES[train])
+    if not (images_path.is_file() and labels_path.is_file()):
+        return None
+    images = np.frombuffer(images_path.read_bytes(), dtype=np.uint8, offset=16)
+    labels = np.frombuffer(labels_path.read_bytes(), dtype=np.uint8, offset=8)
+    if images.size != labels.size * 28 * 28:
+        return None  # not the layout we expect: let torchvision read (and report) it
+    return Split(torch.from_numpy(images.reshape(-1, 1, 28, 28).copy()), torch.from_numpy(labels.astype(np.int64)))
+
+
 def _torchvision_split(name: str, root: Path, download: bool) -> tuple[Split, Split]:
+    folder_name = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[name]
+    fast = [_read_idx(root / folder_name / "raw", train) for train in (True, False)]
+    if fast[0] is not None and fast[1] is not None:
+        return fast[0], fast[1]
     import torchvision
 
     cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]

@@ -16,6 +16,7 @@ Peers are subprocesses in both cases, so a notebook kernel stays responsive.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -143,8 +144,12 @@ def summarize(cfg: Config, run_dir: Path, wall_s: float) -> dict[str, Any]:
 
 
 def run(cfg: Config, run_dir: str | Path, *, dashboard: bool = True,
-        progress: IO[str] | None = sys.stderr) -> dict[str, Any]:
-    """Run the swarm described by ``cfg`` to the end and return (and write) ``result.json``."""
+        progress: IO[str] | None = sys.stderr, keep_dashboard: bool = False,
+        resume: bool = False) -> dict[str, Any]:
+    """Run the swarm described by ``cfg`` to the end and return (and write) ``result.json``.
+
+    ``resume``: every peer continues from its newest checkpoint in ``run_dir``.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "config.yaml"
@@ -160,7 +165,8 @@ def run(cfg: Config, run_dir: str | Path, *, dashboard: bool = True,
             progress.write(f"dashboard: http://{cfg.dashboard.host}:{cfg.dashboard.port}/\n")
     for p in range(cfg.peers):
         procs[f"peer-{p}"] = _spawn(["-m", "gossip.peer", "--id", str(p), "--config", str(cfg_path),
-                                     "--run-dir", str(run_dir), "--quiet"], run_dir / f"peer-{p}.log")
+                                     "--run-dir", str(run_dir), "--quiet", *(["--resume"] if resume else [])],
+                                    run_dir / f"peer-{p}.log")
     view = Progress(cfg, progress)
     peers = {k: v for k, v in procs.items() if k.startswith("peer-")}
     interrupted = False
@@ -181,6 +187,12 @@ def run(cfg: Config, run_dir: str | Path, *, dashboard: bool = True,
     finally:
         view.poll(0)
         view.close()
+        if keep_dashboard and not interrupted and "dashboard" in procs:
+            if progress:
+                progress.write(f"swarm finished; dashboard still at http://{cfg.dashboard.host}:"
+                               f"{cfg.dashboard.port}/ (Ctrl-C to exit)\n")
+            with contextlib.suppress(KeyboardInterrupt):
+                procs["dashboard"].wait()
         if "dashboard" in procs and procs["dashboard"].poll() is None:
             procs["dashboard"].send_signal(signal.SIGINT)
             try:
@@ -211,12 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config", help="YAML config (see configs/)")
     ap.add_argument("--run-dir", required=True, help="folder for logs, per-peer results and result.json")
     ap.add_argument("--no-dashboard", action="store_true", help="do not start the web dashboard")
+    ap.add_argument("--keep-dashboard", action="store_true",
+                    help="leave the dashboard running after the swarm finishes, until Ctrl-C")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue a stopped or crashed run: every peer starts from its newest checkpoint")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. peers=8")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
 
     def go() -> int:
         cfg = config_mod.load(args.config, args.overrides)
-        result = run(cfg, args.run_dir, dashboard=not args.no_dashboard)
+        result = run(cfg, args.run_dir, dashboard=not args.no_dashboard, keep_dashboard=args.keep_dashboard,
+                     resume=args.resume)
         acc, comm = result["accuracy"], result["comm"]
         if acc["mean"] is not None:
             print(f"swarm of {cfg.peers}: accuracy {acc['mean']:.4f} ± {acc['std']:.4f} "

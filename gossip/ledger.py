@@ -97,6 +97,20 @@ class Ledger:
     def _delivered(self, view: PeerView) -> bool:
         return view.last_seq is not None and view.seen_count() >= view.last_seq + 1
 
+    def give_up(self, origin: int) -> int:
+        """Stop waiting for a finished origin's updates that were lost on the way; returns how many.
+
+        Everything up to its ``last_seq`` counts as seen from now on (a straggler that still
+        arrives is dropped as a duplicate), so a lossy link or a crash cannot hang the finish.
+        """
+        view = self.views[origin]
+        if view.last_seq is None:
+            return 0
+        missing = max(0, view.last_seq + 1 - view.seen_count())
+        view.floor = max(view.floor, view.last_seq + 1)
+        view.above = {s for s in view.above if s >= view.floor}
+        return missing
+
     def all_delivered(self) -> bool:
         return all(v.down or v.complete or self._delivered(v) for v in self.views.values())
 

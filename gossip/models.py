@@ -10,7 +10,7 @@ name           params   use
 =============  =======  ==========================================================
 mnist_cnn      ~1.2M    the PyTorch MNIST example CNN; >= 99% in one epoch
 mnist_tiny     ~47k     a swarm-sized MNIST net (~98.5% in a few epochs)
-cifar_small    ~0.5M    airbench-style conv net (conv-pool-BN-GELU groups)
+cifar_small    ~0.29M   airbench-style conv net (conv-pool-BN-GELU groups), ~84% in 6 epochs
 resnet18       ~11.2M   torchvision ResNet-18 with a 3x3 stride-1 stem for 32x32
 =============  =======  ==========================================================
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from gossip.errors import ConfigError
@@ -95,12 +94,13 @@ class ConvGroup(nn.Sequential):
 class CifarSmall(nn.Module):
     """A narrow airbench: 2x2 stem conv, three conv groups, global max pool, linear head.
 
-    ``widths`` = (stem, group1, group2, group3). The default (24, 48, 96, 160) has
-    ~0.52M params and ~37 MMAC per 32x32 image, about a sixth of airbench94.
+    ``widths`` = (stem, group1, group2, group3). The default (16, 32, 64, 128) has
+    ~0.29M params and ~18 MMAC per 32x32 image (airbench94: 2M, 118 MMAC); on a 2-core
+    CPU it trains at ~650 images/s. (24, 48, 96, 160) has 0.53M params but is 2.3x slower.
     """
 
     def __init__(self, num_classes: int, in_channels: int,
-                 widths: tuple[int, int, int, int] = (24, 48, 96, 160)) -> None:
+                 widths: tuple[int, int, int, int] = (16, 32, 64, 128)) -> None:
         super().__init__()
         w0, w1, w2, w3 = widths
         self.net = nn.Sequential(
@@ -131,6 +131,8 @@ def _dirac_init(conv: nn.Conv2d) -> None:
 
 def resnet18(num_classes: int, in_channels: int) -> nn.Module:
     """torchvision ResNet-18 for 32x32: 3x3 stride-1 stem, no initial max pool."""
+    import torchvision  # imported here: it costs seconds of start-up that the MNIST nets don't need
+
     model = torchvision.models.resnet18(num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()  # type: ignore[assignment]

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from gossip import topology, wire
+from gossip import checkpoint, topology, wire
 from gossip.bridge import Bridge
 from gossip.codec import Layout
 from gossip.config import Config, config_hash, parse_bandwidth, to_dict
@@ -50,11 +50,12 @@ from gossip.worker import FINISHED, Worker
 log = get_logger(__name__)
 
 HELLO_EVERY_S = 0.5
-HEARTBEAT_EVERY_S = 1.0
+HEARTBEAT_EVERY_S = 1.0  # also how often a finished peer repeats its Done (a lossy link may eat one)
+PROGRESS_WAIT_S = 1.5  # at startup, how long to wait for the neighbours' heartbeats (are we behind?)
 
 
 class Peer:
-    def __init__(self, cfg: Config, peer_id: int, run_dir: Path) -> None:
+    def __init__(self, cfg: Config, peer_id: int, run_dir: Path, *, resume: bool = False) -> None:
         if not 0 <= peer_id < cfg.peers:
             raise PeerError(f"--id {peer_id}: this config has peers 0..{cfg.peers - 1}")
         topology.check_connected(cfg)
@@ -72,6 +73,15 @@ class Peer:
         self.delivered_sent = False
         self.own_done = False
         self.t_start = time.monotonic()
+        self.resume = resume
+        self.neighbour_step: dict[int, int] = {}  # global step from each neighbour's heartbeats
+        self.last_news: dict[int, float] = {}  # when each origin last sent a new update or Done
+        self.updates_lost = 0  # given up after timeouts.silence_s (lossy links, crashes)
+        self.catching_up = False  # waiting for a neighbour's state: updates are recorded, not applied
+        self.skipped_before_state = 0
+        self.state_chunks: dict[int, wire.StateChunk] = {}
+        self.state_from: int | None = None
+        self.training = False  # the training thread is running (it answers StateRequests then)
 
     # ================================================================ startup
     def _build(self) -> None:
@@ -96,6 +106,29 @@ class Peer:
         log.info("peer_built", model=cfg.model.name, params=self.params, device=str(device),
                  threads=threads, neighbours=self.neighbours, steps_per_epoch=trainer.steps_per_epoch)
         self.worker = Worker(cfg, self.peer_id, trainer, dataset, self.bridge, self.layout)
+        self.worker.checkpointer = checkpoint.Checkpointer(self.run_dir, self.peer_id, cfg.checkpoint,
+                                                           resume=self.resume)
+        if self.resume:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Continue from this peer's newest readable checkpoint, and never reuse a sequence number."""
+        ckpt = self.worker.checkpointer
+        assert ckpt is not None
+        found = ckpt.latest()
+        if found is None:
+            log.warning("resume_without_checkpoint", directory=str(ckpt.directory))
+        else:
+            path, state = found
+            epoch, step = checkpoint.restore(self.worker, state)
+            self.worker.start_epoch, self.worker.start_step = epoch, step
+            checkpoint.load_ledger(self.ledger, state["applied"])
+            log.info("resumed", path=str(path), epoch=epoch, step=step, seq=self.worker.seq,
+                     global_step=self.worker.progress.global_step)
+        self.worker.seq = max(self.worker.seq, ckpt.leased - checkpoint.SEQ_LEASE)
+        filled = self.worker.fill_seq_gap(ckpt.leased)
+        if filled:
+            log.info("seq_gap_filled", empty_updates=filled, next_seq=self.worker.seq)
 
     def _hello(self) -> bytes:
         return wire.pack_hello(node_id=self.peer_id, schema_hash=self.layout.schema_hash,
@@ -137,9 +170,14 @@ class Peer:
             ("receive", self._receive()), ("outbox", self._outbox()), ("tick", self._tick()))]
         try:
             await self._meet_neighbours()
+            await self._catch_up()
+            self.training = True
             train = asyncio.create_task(asyncio.to_thread(self._guarded_run), name="train")
             tasks.append(train)
-            outcome = await train
+            try:
+                outcome = await train
+            finally:
+                self.training = False
             if self.fatal is not None:
                 raise self.fatal
             await self._linger()
@@ -158,6 +196,64 @@ class Peer:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.transport.close()
             self.telemetry.close()
+
+    # ---------------------------------------------------------------- catching up
+    async def _catch_up(self) -> None:
+        """A late joiner, or a resumed peer, a full epoch behind its most advanced neighbour
+        loads that neighbour's published state (its parameters minus its unsent residual) and
+        continues from the neighbour's position (epoch, step, LR schedule).
+
+        Updates that arrive before the state are recorded as seen but not applied: the
+        neighbour's state already holds them (approximately: one in flight at snapshot time
+        may be missed or counted twice).
+        """
+        deadline = time.monotonic() + PROGRESS_WAIT_S
+        while self.heard - set(self.neighbour_step) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        own = self.worker.progress.global_step
+        ahead = {p: s for p, s in self.neighbour_step.items() if p in self.heard}
+        if not ahead:
+            return
+        source = max(ahead, key=lambda p: ahead[p])
+        if ahead[source] - own < self.worker.trainer.steps_per_epoch:
+            return
+        log.info("catch_up_start", source=source, their_step=ahead[source], own_step=own)
+        self.catching_up, self.state_from = True, source
+        self.transport.send(source, wire.pack_state_request(node_id=self.peer_id,
+                                                            schema_hash=self.layout.schema_hash))
+        deadline = time.monotonic() + max(5.0, 2 * self.cfg.timeouts.silence_s)
+        try:
+            while not self._state_complete():
+                if time.monotonic() > deadline or self.bridge.stop.is_set():
+                    log.warning("catch_up_failed", source=source, chunks=len(self.state_chunks))
+                    return
+                await asyncio.sleep(0.02)
+            self._adopt_state()
+        finally:
+            self.catching_up = False
+
+    def _state_complete(self) -> bool:
+        return sum(c.values.numel() for c in self.state_chunks.values()) == self.layout.numel
+
+    def _adopt_state(self) -> None:
+        w, tr = self.worker, self.worker.trainer
+        first = next(iter(self.state_chunks.values()))
+        with torch.no_grad():
+            for chunk in self.state_chunks.values():
+                tr.flat[chunk.offset:chunk.offset + chunk.values.numel()].copy_(chunk.values)
+            w.feedback.residual.zero_()  # what we had not sent is in the neighbour's state or lost
+        for item in self.bridge.drain():  # queued before the state: already in it
+            if isinstance(item, wire.StateRequest):
+                w.answer_state(item.node_id)
+            else:
+                self.skipped_before_state += 1
+        checkpoint.load_ledger(w.applied, checkpoint.ledger_state(self.ledger))
+        spe = tr.steps_per_epoch
+        w.start_epoch = first.epoch
+        w.start_step = min(spe, max(0, first.step - first.epoch * spe))
+        tr.step_count = w.progress.global_step = first.step
+        log.info("state_adopted", source=self.state_from, epoch=first.epoch, step=first.step,
+                 skipped_updates=self.skipped_before_state)
 
     def _guarded_run(self) -> dict[str, Any]:
         threading.current_thread().name = f"train-{self.peer_id}"
@@ -205,6 +301,20 @@ class Peer:
             raise ProtocolError("spoofed_node_id", f"neighbour {sender} sent from_id {msg.from_id}")  # type: ignore[union-attr]
         if isinstance(msg, wire.DecodedUpdate):
             self._on_update(sender, msg, data, now)
+        elif isinstance(msg, wire.Heartbeat):
+            if msg.node_id == sender:
+                self.neighbour_step[sender] = msg.step
+        elif isinstance(msg, wire.StateRequest):
+            if msg.node_id != sender:
+                raise ProtocolError("spoofed_node_id", f"neighbour {sender} asked state for {msg.node_id}")
+            log.info("state_requested", by=sender)
+            if self.training:
+                self.bridge.to_thread(msg)  # the thread answers between two batches
+            elif hasattr(self, "worker"):
+                self.worker.answer_state(sender)
+        elif isinstance(msg, wire.StateChunk):
+            if self.catching_up and sender == self.state_from == msg.node_id:
+                self.state_chunks[msg.offset] = msg
         elif isinstance(msg, wire.Hello):
             if msg.schema_hash != self.layout.schema_hash:
                 self.fatal = PeerError(
@@ -233,10 +343,14 @@ class Peer:
             log.debug("update_duplicate", node_id=update.node_id, seq=update.seq, sender=sender)
             return
         self.ledger.heard(update.node_id, now)
+        self.last_news[update.node_id] = now
         if self.relay:
             self.updates_sent += self.transport.broadcast(wire.relay(data, from_id=self.peer_id),
                                                           exclude=(sender, update.node_id))
-        self.bridge.to_thread(update)
+        if self.catching_up:
+            self.skipped_before_state += 1
+        else:
+            self.bridge.to_thread(update)
         self._check_finish()
 
     def _on_done(self, sender: int, done: wire.Done, data: bytes) -> None:
@@ -245,6 +359,8 @@ class Peer:
         self._check_origin(sender, done.node_id)
         first = (self.ledger.mark_complete(done.node_id) if done.complete
                  else self.ledger.mark_done(done.node_id, done.last_seq))
+        if first:
+            self.last_news[done.node_id] = time.monotonic()
         if first:
             log.info("peer_complete" if done.complete else "peer_done", peer=done.node_id,
                      last_seq=done.last_seq)
@@ -278,6 +394,11 @@ class Peer:
             elif kind == "epoch":
                 self.transport.epoch = item[1]
                 self._publish()
+            elif kind == "state":
+                _, requester, chunks = item
+                if requester in self.transport.links:
+                    for chunk in chunks:
+                        self.transport.send(requester, chunk)
 
     async def _tick(self) -> None:
         last_beat = 0.0
@@ -289,11 +410,30 @@ class Peer:
                 beat = wire.pack_heartbeat(node_id=self.peer_id, step=p.global_step if p else 0,
                                            epoch=p.epoch if p else 0)
                 self.transport.broadcast(beat)
+                if self.own_done:
+                    self._repeat_done()
+                    self._give_up_lost(now)
             for peer in self.ledger.check_down(now, self.cfg.timeouts.silence_s):
                 log.warning("peer_down", peer=peer, silent_s=self.cfg.timeouts.silence_s)
                 self._check_finish()
             self._publish()
             await asyncio.sleep(min(self.cfg.dashboard.interval_s, HEARTBEAT_EVERY_S))
+
+    def _repeat_done(self) -> None:
+        """Say Done again every heartbeat: one lost on a lossy link must not hang anybody."""
+        self.transport.broadcast(wire.pack_done(node_id=self.peer_id, last_seq=self.worker.seq - 1,
+                                                complete=self.delivered_sent))
+
+    def _give_up_lost(self, now: float) -> None:
+        """Updates of a finished peer still missing after ``timeouts.silence_s`` are lost: stop waiting."""
+        for peer in self.ledger.waiting_for():
+            if self.ledger.views[peer].last_seq is None:
+                continue
+            if now - self.last_news.get(peer, self.t_start) > self.cfg.timeouts.silence_s:
+                missing = self.ledger.give_up(peer)
+                self.updates_lost += missing
+                log.warning("updates_lost", peer=peer, missing=missing)
+        self._check_finish()
 
     # ---------------------------------------------------------------- reporting
     def _counters(self) -> dict[str, Any]:
@@ -336,6 +476,9 @@ class Peer:
             "bytes_received_by_epoch": dict(self.transport.bytes_received_by_epoch),
             "links": self.transport.link_stats(), "history": p.history,
             "peers_down": self.ledger.down(), "wall_s": round(time.monotonic() - self.t_start, 3),
+            "applied_by_origin": {str(k): v for k, v in sorted(p.applied_by_origin.items())},
+            "updates_lost": self.updates_lost, "skipped_before_state": self.skipped_before_state,
+            "state_from": self.state_from,
         }
         path = self.run_dir / f"peer-{self.peer_id}.result.json"
         tmp = path.with_suffix(".tmp")

@@ -32,8 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--config", required=True, help="YAML config shared by all peers")
     ap.add_argument("--run-dir", default="runs/peer", help="where peer-<id>.jsonl and the result go")
     ap.add_argument("--quiet", action="store_true", help="do not echo log events to stderr")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from this peer's newest checkpoint in --run-dir (and catch up with the "
+                    "swarm if it is an epoch or more ahead)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.1")
-    return ap.parse_args(argv)
+    return ap.parse_intermixed_args(argv)
 
 
 def peer_id_from(args: argparse.Namespace) -> int:
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         configure(run_dir / f"peer-{peer_id}.jsonl", peer_id=peer_id, stderr=not args.quiet, level="info")
         from gossip.node import Peer  # heavy imports (torch) after argument checks
 
-        result = run_async(Peer(cfg, peer_id, run_dir).run())
+        result = run_async(Peer(cfg, peer_id, run_dir, resume=args.resume).run())
         acc = result.get("test_accuracy")
         summary = f"peer {peer_id}: " + (f"test accuracy {acc:.4f}" if acc is not None else "stopped")
         print(summary, file=sys.stderr)

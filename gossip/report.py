@@ -51,42 +51,42 @@ def _params(n: int | None) -> str:
 def _over(row: dict[str, Any]) -> str:
     seeds = len(row["seeds"])
     per_seed = row["n"] // max(1, seeds)
-    if row["kind"] == "swarm" and row["role"] not in ("ensemble", "consensus"):
-        return f"{per_seed} peers × {seeds} seed{'s' * (seeds > 1)}"
-    return f"{seeds} seed{'s' * (seeds > 1)}"
+    plural = "s" * (seeds > 1)
+    return f"{per_seed} peers × {seeds} seed{plural}" if row["kind"] == "swarm" else f"{seeds} seed{plural}"
 
 
 def markdown_table(rows: list[dict[str, Any]], target: float | None) -> str:
     to = f"to {100 * target:g}% s" if target is not None else "to target s"
-    head = ["arm", "model", "params", "peers", "accuracy % (mean ± std)", "over", "seed std",
-            "MB/epoch", "wall s", to, "compression"]
+    head = ["arm", "model", "params", "peers", "accuracy % (mean ± std)", "over", "seed std", "ensemble %",
+            "consensus %", "MB/epoch", "wall s", to, "compression"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in rows:
         acc = "—" if r["accuracy_mean"] is None else f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
         ttt = "—" if r["target_reached"] is None else f"{_num(r['time_to_target_s'])} ({r['target_reached']})"
         comp = "—" if r["compression_ratio"] is None else f"{r['compression_ratio']:.0f}x"
+        seed_std = None if r["accuracy_seed_std"] is None else 100 * r["accuracy_seed_std"]
         cells = [r["arm"] + ("" if r["complete"] else " (incomplete)"), r["model"] or "—", _params(r["params"]),
-                 str(r["peers"]), acc, _over(r), _num(None if r["accuracy_seed_std"] is None
-                                                      else 100 * r["accuracy_seed_std"], ".2f"),
-                 _num(r["mb_per_epoch"], ".2f"), _num(r["wall_s"]), ttt, comp]
+                 str(r["peers"]), acc, _over(r), _num(seed_std, ".2f"), _pct(r.get("ensemble_mean")),
+                 _pct(r.get("consensus_mean")), _num(r["mb_per_epoch"], ".2f"), _num(r["wall_s"]), ttt, comp]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def compare_table(diff: list[dict[str, Any]]) -> str:
-    head = ["arm", "accuracy % A", "accuracy % B", "Δ points (B − A)", "MB/epoch A", "MB/epoch B", "wall s A", "wall s B"]
+    head = ["arm", "accuracy % A", "accuracy % B", "Δ points (B − A)", "ensemble % A", "ensemble % B",
+            "MB/epoch A", "MB/epoch B", "wall s A", "wall s B"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for d in diff:
         lines.append("| " + " | ".join([
             d["arm"], _pct(d["accuracy_a"]), _pct(d["accuracy_b"]), _num(d["delta_pts"], "+.2f"),
-            _num(d["mb_per_epoch_a"], ".2f"), _num(d["mb_per_epoch_b"], ".2f"), _num(d["wall_s_a"]),
-            _num(d["wall_s_b"])]) + " |")
+            _pct(d["ensemble_a"]), _pct(d["ensemble_b"]), _num(d["mb_per_epoch_a"], ".2f"),
+            _num(d["mb_per_epoch_b"], ".2f"), _num(d["wall_s_a"]), _num(d["wall_s_b"])]) + " |")
     return "\n".join(lines)
 
 
 def answer(rows: list[dict[str, Any]], tolerance_pts: float) -> str:
-    """One or two sentences: does the swarm match the centralized large model?"""
-    by_role = {r["role"]: r for r in rows if r["group"] in ("swarm", "large", "small")}
+    """A few sentences: does the swarm match the centralized large model (else the small one)?"""
+    by_role = {r["role"]: r for r in rows if r["role"] in ("swarm", "large", "small")}
     swarm, ref = by_role.get("swarm"), by_role.get("large") or by_role.get("small")
     if swarm is None or ref is None or swarm["accuracy_mean"] is None or ref["accuracy_mean"] is None:
         return "No answer yet: the swarm and the centralized arm must both finish."
@@ -96,14 +96,14 @@ def answer(rows: list[dict[str, Any]], tolerance_pts: float) -> str:
            f"{_pct(swarm['accuracy_mean'])}% ± {100 * swarm['accuracy_std']:.2f} ({_over(swarm)}), "
            f"{abs(gap):.2f} points {side} the centralized {ref['model']} ({_params(ref['params'])} params, "
            f"{_pct(ref['accuracy_mean'])}%)")
-    together = {k: by_role[k] for k in ("ensemble", "consensus") if k in by_role and by_role[k]["accuracy_mean"]}
-    best = max(together.values(), key=lambda r: r["accuracy_mean"], default=None)
+    together = {k: swarm[f"{k}_mean"] for k in ("ensemble", "consensus") if swarm.get(f"{k}_mean") is not None}
+    best = max(together, key=lambda k: together[k], default=None)
     tol = tolerance_pts + 1e-9  # inclusive: a gap of exactly the tolerance matches
     if gap <= tol:
         text = f"Yes: {who}, within the {tolerance_pts:g}-point tolerance."
-    elif best is not None and 100 * (ref["accuracy_mean"] - best["accuracy_mean"]) <= tol:
-        text = (f"Partly: {who}; the swarm deciding together does match it: its {best['role']} reaches "
-                f"{_pct(best['accuracy_mean'])}% (tolerance {tolerance_pts:g} points).")
+    elif best is not None and 100 * (ref["accuracy_mean"] - together[best]) <= tol:
+        text = (f"Partly: {who}; the swarm deciding together does match it: its {best} reaches "
+                f"{_pct(together[best])}% (tolerance {tolerance_pts:g} points).")
     else:
         text = f"No: {who}, more than the {tolerance_pts:g}-point tolerance."
     noise = [r["accuracy_seed_std"] for r in (swarm, ref) if r["accuracy_seed_std"] is not None]
@@ -111,8 +111,8 @@ def answer(rows: list[dict[str, Any]], tolerance_pts: float) -> str:
         text += f" The gap is within twice the seed-to-seed spread ({100 * max(noise):.2f} points): it is noise."
     if together:
         text += " Together the peers score " + " and ".join(
-            f"{_pct(r['accuracy_mean'])}% as {'an ensemble vote' if k == 'ensemble' else 'a consensus model'}"
-            for k, r in together.items()) + "."
+            f"{_pct(v)}% as {'an ensemble vote' if k == 'ensemble' else 'a consensus model'}"
+            for k, v in together.items()) + "."
     if swarm["mb_per_epoch"] is not None:
         comp = f" ({swarm['compression_ratio']:.0f}x less than dense updates)" if swarm["compression_ratio"] else ""
         text += (f" The swarm sent {swarm['mb_per_epoch']:.2f} MB per epoch{comp} and ran {_num(swarm['wall_s'], '.0f')} s"
@@ -150,15 +150,19 @@ def plot_all(arms: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path) 
     ax = fig.add_subplot()
     for g, ga in groups.items():
         xs, ys, sd = _mean_curve(ga, "epoch")
-        line = ax.plot(xs, [100 * y for y in ys], marker="o", label=g, linestyle="-" if ga[0]["role"] != "sweep" else "--")
+        style = "--" if ga[0]["role"] == "sweep" else "-"
+        line = ax.plot(xs, [100 * y for y in ys], marker="o", label=g, linestyle=style)
         if ga[0]["kind"] == "swarm" and xs:
-            ax.fill_between(xs, [100 * (y - s) for y, s in zip(ys, sd, strict=True)], [100 * (y + s) for y, s in zip(ys, sd, strict=True)],
-                            color=line[0].get_color(), alpha=0.15)
-    for r in rows:
-        if r["role"] in ("ensemble", "consensus") and r["accuracy_mean"] is not None:
-            last = max(c["epoch"] for a in groups[r["group"]] for c in a["curve"]) if groups[r["group"]][0]["curve"] else 1
-            ax.scatter([last], [100 * r["accuracy_mean"]], marker="*" if r["role"] == "ensemble" else "D", s=80,
-                       label=r["arm"], zorder=5)
+            lo = [100 * (y - s) for y, s in zip(ys, sd, strict=True)]
+            hi = [100 * (y + s) for y, s in zip(ys, sd, strict=True)]
+            ax.fill_between(xs, lo, hi, color=line[0].get_color(), alpha=0.15)
+    for r in rows:  # the main swarm deciding together, at its last epoch
+        last = max((c["epoch"] for a in groups.get(r["group"], []) for c in a["curve"]), default=None)
+        if r["role"] != "swarm" or last is None:
+            continue
+        for key, marker in (("ensemble", "*"), ("consensus", "D")):
+            if r.get(f"{key}_mean") is not None:
+                ax.scatter([last], [100 * r[f"{key}_mean"]], marker=marker, s=90, zorder=5, label=f"{r['arm']} {key}")
     ax.set(xlabel="epoch", ylabel="test accuracy %", title=PLOTS["accuracy_vs_epoch"])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
@@ -176,9 +180,9 @@ def plot_all(arms: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path) 
         if ga[0]["kind"] == "centralized":
             acc = [a["final_accuracy"][0] for a in ga if a["final_accuracy"]]
             if acc:
-                ax.axhline(100 * sum(acc) / len(acc), linestyle=":", color="gray")
-                ax.annotate(f"{g} (no communication)", (0.01, 100 * sum(acc) / len(acc)), xycoords=("axes fraction", "data"),
-                            fontsize=7, va="bottom")
+                ax.axhline(100 * sum(acc) / len(acc), linestyle=":" if ga[0]["role"] == "large" else "--",
+                           color="black" if ga[0]["role"] == "large" else "gray",
+                           label=f"{g} (centralized, no communication)")
     if mbs and max(mbs) / min(mbs) > 50:
         ax.set_xscale("log")
     ax.set(xlabel="MB sent (cumulative, all peers)", ylabel="test accuracy %", title=PLOTS["accuracy_vs_mb"])
@@ -189,10 +193,10 @@ def plot_all(arms: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path) 
     fig = Figure(figsize=(8, 4))
     ax = fig.add_subplot()
     for g, ga in swarms.items():
-        series = ga[0]["bandwidth"]  # the first seed: seeds overlap in time-shape, and clutter hides it
+        series = ga[0]["send_rate"]  # the first seed only: more would hide each other
         if series:
-            ax.plot([p["t"] for p in series], [p["bps"] / 1e6 for p in series], label=f"{g} ({ga[0]['bandwidth']} links)"
-                    if isinstance(ga[0]["bandwidth"], str) else g, drawstyle="steps-post")
+            ax.plot([p["t"] for p in series], [p["bps"] / 1e6 for p in series], drawstyle="steps-post",
+                    label=f"{g} ({ga[0]['bandwidth']} links)")
     ax.set(xlabel="seconds since launch", ylabel="Mbit/s sent", title=PLOTS["bandwidth"])
     ax.grid(alpha=0.3)
     if swarms:

@@ -11,9 +11,10 @@ Tuning guide:
   except ``down`` once silent for more than ``dashboard.down_after_s`` (default 3 s,
   i.e. six missed snapshots at the default 0.5 s interval). A peer that reported
   ``done`` stays ``done`` when it exits.
-* Link bandwidth (bits/s) is the change of ``links[nbr].bytes_sent`` between two
-  snapshots of the sender, over at least :data:`MIN_RATE_WINDOW_S` of the sender's
-  clock, so back-to-back state-change snapshots do not produce spikes.
+* Link bandwidth (bits/s) is the change of ``links[nbr].bytes_sent`` over the last
+  :data:`RATE_WINDOW_S` of the sender's clock (at least :data:`MIN_RATE_WINDOW_S`).
+  Updates leave in bursts (one per sync trigger); a 2 s window shows the sustained
+  rate instead of on/off spikes, at the cost of reacting ~1 s later to a change.
 * History: one swarm bandwidth sample per :data:`SAMPLE_S`, at most
   :data:`HISTORY_POINTS` kept (1 h); accuracy points whenever a peer's
   ``test_accuracy`` changes.
@@ -31,6 +32,7 @@ from typing import Any
 from gossip.config import Config, parse_bandwidth
 from gossip.telemetry import SNAPSHOT_FIELDS, STATES
 
+RATE_WINDOW_S = 2.0
 MIN_RATE_WINDOW_S = 0.2
 SAMPLE_S = 1.0
 HISTORY_POINTS = 3600
@@ -70,7 +72,7 @@ def _links(v: Any) -> Any:
         return _BAD
     out = {}
     for k, c in v.items():
-        if not str(k).isdigit() or not isinstance(c, dict):
+        if not (isinstance(k, str) and k.isascii() and k.isdigit()) or not isinstance(c, dict):
             return _BAD
         out[str(int(k))] = {n: c.get(n, 0) for n in ("bytes_sent", "bytes_received")}
         if any(_int(x) is _BAD for x in out[str(int(k))].values()):
@@ -109,7 +111,7 @@ class _Peer:
     seen: float | None = None  # monotonic time of the last snapshot
     first_wall: float | None = None
     last_wall: float | None = None
-    baseline: dict[int, tuple[float, int]] = field(default_factory=dict)  # nbr -> (ts, bytes_sent)
+    counters: dict[int, deque[tuple[float, int]]] = field(default_factory=dict)  # nbr -> [(ts, bytes_sent)]
     rates: dict[int, float] = field(default_factory=dict)  # nbr -> bits/s sent
     dirty: bool = True
     sent_state: str = ""
@@ -159,13 +161,17 @@ class SwarmView:
         ts = data["ts"] if isinstance(data.get("ts"), (int, float)) else wall
         for nbr_text, counters in data.get("links", {}).items():
             nbr, sent = int(nbr_text), counters["bytes_sent"]
-            prev = peer.baseline.get(nbr)
-            if prev is None or sent < prev[1] or ts < prev[0]:  # first sight or a restarted peer
-                peer.baseline[nbr] = (ts, sent)
+            history = peer.counters.setdefault(nbr, deque())
+            if history and (sent < history[-1][1] or ts <= history[-1][0]):  # restarted peer or replay
+                history.clear()
+            history.append((ts, sent))
+            while len(history) > 2 and history[1][0] <= ts - RATE_WINDOW_S:
+                history.popleft()
+            t0, b0 = history[0]
+            if ts - t0 >= MIN_RATE_WINDOW_S:
+                peer.rates[nbr] = (sent - b0) * 8 / (ts - t0)
+            else:
                 peer.rates.setdefault(nbr, 0.0)
-            elif ts - prev[0] >= MIN_RATE_WINDOW_S:
-                peer.rates[nbr] = (sent - prev[1]) * 8 / (ts - prev[0])
-                peer.baseline[nbr] = (ts, sent)
         acc = data.get("test_accuracy")
         if acc is not None and acc != peer.data.get("test_accuracy"):
             point = [peer_id, round(wall, 3), acc, data.get("epoch", 0)]

@@ -239,3 +239,4 @@ class Transport:
         if self.inbox is not None:
             self.inbox.close(0)
         self.ctx.term()
+        log.info("transport_closed", address=topology.inbox_address(self.cfg, self.peer_id))

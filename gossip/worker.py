@@ -25,11 +25,14 @@ from typing import Any
 
 import torch
 
-from gossip import aggregate, wire
+from gossip import aggregate, attacks, wire
+from gossip._proto import gossip_pb2 as pb
 from gossip.bridge import Bridge
+from gossip.checkpoint import Checkpointer
 from gossip.codec import ErrorFeedback, Layout, make_encoder
 from gossip.config import Config
 from gossip.data import Dataset, Split
+from gossip.ledger import Ledger
 from gossip.log import get_logger
 from gossip.train import Trainer
 from gossip.trigger import FINAL, Trigger
@@ -57,6 +60,7 @@ class Progress:
     updates_rejected_by_policy: int = 0
     raw_bytes_originated: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    applied_by_origin: dict[int, int] = field(default_factory=dict)  # folded-in updates per originator
 
 
 class Worker:
@@ -74,8 +78,12 @@ class Worker:
         self.policy = aggregate.make_policy(cfg.communication)
         self.progress = Progress()
         self.start_epoch = start_epoch
+        self.start_step = 0  # batches of start_epoch already done (a resumed mid-epoch checkpoint)
         self.seq = 0
         self.stopped = False
+        self.applied = Ledger(peer_id, cfg.peers, 0.0)  # (node_id, seq) folded into trainer.flat
+        self.attack = attacks.make_attack(cfg, peer_id, layout)  # None unless security.attackers has us
+        self.checkpointer: Checkpointer | None = None  # set by the node when it has a run dir
         self._prev = torch.empty_like(trainer.flat)
         self._delta = torch.empty_like(trainer.flat)
 
@@ -88,48 +96,110 @@ class Worker:
             self.bridge.to_loop(("epoch", epoch))
             loss_sum, batches, t0 = 0.0, 0, time.monotonic()
             for step, (x, y) in enumerate(tr.batches(epoch)):
+                if epoch == self.start_epoch and step < self.start_step:
+                    continue  # resumed mid-epoch: the same batches, in the same order, were done before
                 if self.bridge.stop.is_set():
-                    return self._stop()
+                    return self._stop(epoch, step)
                 self.fold_in(self.bridge.drain())
-                self._prev.copy_(tr.flat)
-                stats = tr.step(x, y)
-                torch.sub(tr.flat, self._prev, out=self._delta)
-                self.feedback.add(self._delta)
-                p = self.progress
-                p.step, p.global_step = step + 1, p.global_step + 1
-                p.loss, p.confidence = stats.loss, stats.confidence
-                loss_sum, batches = loss_sum + stats.loss, batches + 1
-                reason = self.trigger.observe(stats.confidence, stats.grad_norm)
-                if reason is not None:
-                    self.send_update(reason)
+                loss = self.train_batch(x, y, step)
+                loss_sum, batches = loss_sum + loss, batches + 1
             self._end_epoch(epoch, loss_sum / max(1, batches), time.monotonic() - t0)
+            if self.checkpointer is not None and self.checkpointer.due(epoch + 1):
+                self.fold_in(self.bridge.drain())  # what has arrived is in the checkpoint
+                self.checkpointer.save(self, epoch + 1, 0, reason="epoch")
         return self._finish()
+
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
+        """Steps 2-4 of the module docstring for batch ``step`` of the epoch; returns its loss."""
+        tr = self.trainer
+        self._prev.copy_(tr.flat)
+        stats = tr.step(x, y)
+        torch.sub(tr.flat, self._prev, out=self._delta)
+        self.feedback.add(self._delta)
+        p = self.progress
+        p.step, p.global_step = step + 1, p.global_step + 1
+        p.loss, p.confidence = stats.loss, stats.confidence
+        reason = self.trigger.observe(stats.confidence, stats.grad_norm)
+        if reason is not None:
+            self.send_update(reason)
+        return stats.loss
 
     def fold_in(self, items: list[Any]) -> bool:
         """Apply decoded neighbour updates; True when the loop said FINISHED among them."""
         finished = FINISHED in items
-        updates = [u for u in items if isinstance(u, wire.DecodedUpdate)]
+        for item in items:
+            if isinstance(item, wire.StateRequest):
+                self.answer_state(item.node_id)
+        updates = [u for u in items if isinstance(u, wire.DecodedUpdate) and self._first_fold(u)]
+        local = aggregate.Local(step=self.progress.global_step, confidence=self.progress.confidence)
+        if hasattr(self.policy, "fold"):  # robust policies buffer and rewrite values (gossip.robust)
+            with torch.no_grad():
+                self.policy.fold(self.trainer.flat, updates, local)  # also closes a window by age
+            self.progress.updates_applied += len(updates)
+            return finished
         if not updates:
             return finished
-        local = aggregate.Local(step=self.progress.global_step, confidence=self.progress.confidence)
         with torch.no_grad():
             for update, weight in zip(updates, self.policy.weights(updates, local), strict=True):
                 if weight is None:
-                    self.progress.updates_rejected_by_policy += 1
-                    log.info("update_rejected", reason="aggregation_policy",
-                             node_id=update.node_id, seq=update.seq)
+                    self._count_rejected(update)
                     continue
                 aggregate.apply(self.trainer.flat, update, weight)
                 self.progress.updates_applied += 1
         return finished
 
+    def _first_fold(self, update: wire.DecodedUpdate) -> bool:
+        """Second line of defence after the node's ledger: an (origin, seq) is folded in at most once."""
+        if not self.applied.first_time(update.node_id, update.seq):
+            log.error("update_refolded", node_id=update.node_id, seq=update.seq)
+            return False
+        by = self.progress.applied_by_origin
+        by[update.node_id] = by.get(update.node_id, 0) + 1
+        return True
+
+    def _count_rejected(self, update: wire.DecodedUpdate) -> None:
+        self.progress.updates_rejected_by_policy += 1
+        log.info("update_rejected", reason="aggregation_policy", node_id=update.node_id, seq=update.seq)
+
+    def answer_state(self, requester: int) -> None:
+        """Send ``requester`` what this peer has published: ``flat - residual`` (see gossip.node)."""
+        with torch.no_grad():
+            public = self.trainer.flat - self.feedback.residual
+        chunks = wire.pack_state_chunks(public, node_id=self.peer_id, seq=self.seq - 1,
+                                        step=self.progress.global_step, epoch=self.progress.epoch,
+                                        schema_hash=self.layout.schema_hash)
+        self.bridge.to_loop(("state", requester, chunks))
+        log.info("state_sent", to=requester, chunks=len(chunks), step=self.progress.global_step)
+
+    def fill_seq_gap(self, upto: int) -> int:
+        """Send empty updates for seqs ``self.seq .. upto-1`` (numbers possibly used before a crash).
+
+        Neighbours drop the ones they saw as duplicates and count the others, so their
+        bookkeeping of this peer has no hole; nothing is added to any model.
+        """
+        sent = 0
+        while self.seq < upto:
+            empty = pb.GradUpdate(selection=pb.SELECTION_TOPK, value_codec=pb.VALUE_CODEC_FP32,
+                                  numel=self.layout.numel)
+            self._send(empty, "seq_fill", final=False, step=self.progress.global_step,
+                       confidence=0.0)
+            sent += 1
+        return sent
+
     def send_update(self, reason: str, *, final: bool = False) -> None:
         density = 1.0 if final else None
         update = self.encoder.encode(self.feedback, density=density)
+        step, confidence = self.progress.global_step, min(1.0, max(0.0, self.progress.confidence))
+        if self.attack is not None:  # a simulated hostile peer (security.attack): lie on the wire
+            update, step, confidence = self.attack.forge(update, step=step, confidence=confidence)
+        self._send(update, reason, final=final, step=step, confidence=confidence)
+
+    def _send(self, update: pb.GradUpdate, reason: str, *, final: bool, step: int, confidence: float) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.reserve(self.seq)  # never reuse a seq after a crash (gossip.checkpoint)
         data = wire.pack_update(
-            update, node_id=self.peer_id, seq=self.seq, step=self.progress.global_step,
-            epoch=self.progress.epoch, confidence=min(1.0, max(0.0, self.progress.confidence)),
-            schema_hash=self.layout.schema_hash, final=final,
+            update, node_id=self.peer_id, seq=self.seq, step=step, epoch=self.progress.epoch,
+            confidence=confidence, schema_hash=self.layout.schema_hash, final=final,
         )
         self.bridge.to_loop(("update", self.seq, data, reason))
         self.seq += 1
@@ -158,6 +228,11 @@ class Worker:
             if self.fold_in(self.bridge.wait(WAIT_POLL_S)):
                 break
         self.fold_in(self.bridge.drain())  # anything that raced the FINISHED marker
+        if hasattr(self.policy, "flush"):  # a windowed robust policy still holding updates
+            with torch.no_grad():
+                self.policy.flush(self.trainer.flat)
+            log.info("robust_summary", policy=self.cfg.communication.aggregation,
+                     **getattr(self.policy, "stats", {}))
         metrics = self.trainer.evaluate(self.dataset.test)
         self.progress.test_accuracy = metrics["accuracy"]
         self.progress.epoch = self.cfg.train.epochs
@@ -168,8 +243,11 @@ class Worker:
                  residual_norm=float(self.feedback.residual.norm()))
         return {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"], "stopped": False}
 
-    def _stop(self) -> dict[str, Any]:
+    def _stop(self, epoch: int, step: int) -> dict[str, Any]:
         self.stopped = True
         self.progress.state = "done"
         log.info("training_stopped", epoch=self.progress.epoch, step=self.progress.step)
+        if self.checkpointer is not None and self.cfg.checkpoint.every_epochs > 0:
+            self.fold_in(self.bridge.drain())
+            self.checkpointer.save(self, epoch, step, reason="stop")
         return {"test_accuracy": None, "test_loss": None, "stopped": True}

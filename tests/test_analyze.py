@@ -79,7 +79,7 @@ def test_swarm_run_figures(tmp_path):
     fake_swarm(tmp_path)
     arm = analyze.load_swarm(tmp_path)
     assert arm["final_accuracy"] == [0.97, 0.95] and arm["complete"]
-    assert arm["params"] == 47000 and arm["partition"] == "dirichlet(0.5)" and arm["bandwidth"] == [
+    assert arm["params"] == 47000 and arm["partition"] == "dirichlet(0.5)" and arm["send_rate"] == [
         {"t": 14.0, "bps": pytest.approx(8 * 2_000_000 / 14.0)}, {"t": 24.0, "bps": pytest.approx(8 * 4_000_000 / 10.0)}]
     assert arm["mb_per_epoch"] == pytest.approx(6.0 / 2)  # 6 MB over 2 epochs, all peers
     assert arm["compression_ratio"] == pytest.approx(100.0)
@@ -96,7 +96,7 @@ def test_telemetry_gives_a_finer_bandwidth_series(tmp_path):
     fake_swarm(tmp_path)
     snaps = [{"peer_id": p, "ts": 1000.0 + t, "bytes_sent": int(t * 125_000)} for t in range(0, 6) for p in (0, 1)]
     write_jsonl(tmp_path / "telemetry.jsonl", snaps)
-    series = analyze.load_swarm(tmp_path)["bandwidth"]
+    series = analyze.load_swarm(tmp_path)["send_rate"]
     assert len(series) >= 4
     assert all(p["bps"] == pytest.approx(2 * 1_000_000) for p in series)  # two peers at 1 Mbit/s each
 
@@ -115,8 +115,9 @@ def test_experiment_folder_rows(tmp_path):
     assert swarm["time_to_target_s"] == pytest.approx(10.5) and swarm["target_reached"] == "2/2"  # target 0.85
     assert rows["large"]["accuracy_mean"] == pytest.approx(0.985) and rows["large"]["mb_per_epoch"] == 0.0
     assert rows["large"]["time_to_target_s"] == pytest.approx(30.0)
-    assert rows["swarm ensemble"]["accuracy_mean"] == pytest.approx(0.98)
-    assert rows["swarm ensemble"]["n"] == 2 and rows["swarm consensus"]["accuracy_mean"] == pytest.approx(0.965)
+    assert swarm["ensemble_mean"] == pytest.approx(0.98) and swarm["ensemble_std"] == pytest.approx(0.005)
+    assert swarm["consensus_mean"] == pytest.approx(0.965) and swarm["agreement_mean"] == pytest.approx(0.99)
+    assert rows["large"]["ensemble_mean"] is None
     assert rows["sweep link.bandwidth=100Mbps"]["accuracy_mean"] == pytest.approx(0.96)
     assert "small" not in rows  # planned but never run
     strict = analyze.summarize(run, target=0.99)["rows"]
@@ -138,8 +139,10 @@ def test_cli_table_json_and_errors(tmp_path, capsys):
     fake_baseline(tmp_path / "b")
     assert analyze.main([str(tmp_path / "e"), str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
-    assert "| swarm | mnist_tiny | 47k | 2 | 97.00 ± 1.41 | 2 peers × 2 seeds | 1.00 | 3.00 | 30.0 | 10.5 (2/2) | 100x |" in out
-    assert "| swarm ensemble |" in out and "## " in out
+    assert ("| swarm | mnist_tiny | 47k | 2 | 97.00 ± 1.41 | 2 peers × 2 seeds | 1.00 | 98.00 | 96.50 | 3.00 | 30.0 "
+            "| 10.5 (2/2) | 100x |") in out
+    assert "| large | mnist_cnn | 1.20M | 1 | 98.50 ± 0.50 | 2 seeds | 0.50 | — | — | 0.00 | 70.0 | 30.0 (2/2) | — |" in out
+    assert out.count("## ") == 3  # two tables and the comparison
     assert analyze.main([str(tmp_path / "e"), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["runs"][0]["rows"][0]["arm"] == "large" and data["compare"] is None

@@ -250,6 +250,8 @@ def test_page_shows_a_real_four_peer_swarm(chromium: str, tmp_path: Path) -> Non
             live = await browser.wait_for(
                 SWARM_STATE_JS, lambda v: v["training"] == 4 and v["edgeBps"] > 0, 180, alive=launcher_alive)
             assert live["nodes"] == 4 and live["foreign"] == []
+            # heartbeats alone make the bandwidth non-zero; wait for gradient updates on the edges too
+            await browser.wait_for(SWARM_STATE_JS, lambda v: v["edgeBps"] > 10_000, 120, alive=launcher_alive)
             check_png(await browser.screenshot(tmp_path / "dashboard.png"))
             assert browser.page_errors() == []
 

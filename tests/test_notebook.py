@@ -20,7 +20,8 @@ def test_notebook_is_clean_and_parametrized():
 
 @pytest.mark.slow
 def test_notebook_runs_a_four_peer_swarm(tmp_path, monkeypatch, data_root):
-    base, telemetry = free_port_block(4), free_port_block(4)
+    base = free_port_block(8)  # one block: two separate blocks may overlap
+    telemetry = base + 4
     monkeypatch.setenv("GOSSIP_NOTEBOOK_SMOKE", "1")
     monkeypatch.setenv("GOSSIP_NOTEBOOK_OUT", str(tmp_path / "out"))
     monkeypatch.setenv("GOSSIP_NOTEBOOK_OVERRIDES", f"topology.base_port={base} dashboard.telemetry_port={telemetry}")
@@ -31,7 +32,7 @@ def test_notebook_runs_a_four_peer_swarm(tmp_path, monkeypatch, data_root):
     assert "swarm of 4 x mnist_tiny" in text
     assert "[3/3] swarm-seed0" in text and "peer 3:" in text  # live progress of the 4 peers
     markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
-    assert len(markdown) == 1 and "| swarm | mnist_tiny |" in markdown[0] and "| swarm ensemble |" in markdown[0]
+    assert len(markdown) == 1 and "| swarm | mnist_tiny |" in markdown[0] and "| ensemble % |" in markdown[0]
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pngs) == 4
     tables = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]

@@ -7,33 +7,36 @@ import pytest
 from gossip import report
 
 
-def row(arm, role, acc, std=0.001, *, group=None, kind=None, model="mnist_tiny", params=47_000, peers=4,
-        seeds=(0, 1), n=None, seed_std=0.0005, mb=1.5, wall=60.0, ttt=12.0, reached="2/2", comp=150.0):
+def row(arm, role, acc, std=0.001, *, kind=None, model="mnist_tiny", params=47_000, peers=4, seeds=(0, 1),
+        seed_std=0.0005, mb=1.5, wall=60.0, ttt=12.0, reached="2/2", comp=150.0, ens=None, cons=None):
     kind = kind or ("centralized" if role in ("large", "small") else "swarm")
-    return {"arm": arm, "group": group or arm, "role": role, "kind": kind, "model": model, "params": params,
+    return {"arm": arm, "group": arm, "role": role, "kind": kind, "model": model, "params": params,
             "peers": peers if kind == "swarm" else 1, "partition": "iid", "topology": "full",
             "bandwidth": "10Gbps", "density": 0.01, "seeds": list(seeds),
-            "n": n if n is not None else (peers * len(seeds) if kind == "swarm" and role == "swarm" else len(seeds)),
+            "n": peers * len(seeds) if kind == "swarm" else len(seeds), "sweep": None,
+            "ensemble_mean": ens, "ensemble_std": 0.0, "consensus_mean": cons, "consensus_std": 0.0,
+            "agreement_mean": None if ens is None else 0.99,
             "accuracy_mean": acc, "accuracy_std": std, "accuracy_seed_std": seed_std,
             "mb_per_epoch": mb if kind == "swarm" else 0.0, "wall_s": wall, "time_to_target_s": ttt,
             "target_reached": reached, "compression_ratio": comp if kind == "swarm" else None, "complete": True}
 
 
 def rows(swarm_acc, ens_acc=None, large_acc=0.990, seed_std=0.0005):
-    out = [row("large", "large", large_acc, model="mnist_cnn", params=1_200_000, seed_std=seed_std),
-           row("small", "small", 0.985, seed_std=seed_std), row("swarm", "swarm", swarm_acc, seed_std=seed_std)]
-    if ens_acc is not None:
-        out.append(row("swarm ensemble", "ensemble", ens_acc, group="swarm", seed_std=seed_std))
-    return out
+    return [row("large", "large", large_acc, model="mnist_cnn", params=1_200_000, seed_std=seed_std),
+            row("small", "small", 0.985, seed_std=seed_std),
+            row("swarm", "swarm", swarm_acc, seed_std=seed_std, ens=ens_acc, cons=None if ens_acc is None else swarm_acc),
+            row("sweep partition=dirichlet:0.1", "sweep", 0.9, seed_std=None, seeds=(0,), ens=0.92, cons=0.91)]
 
 
 def test_table_cells():
     text = report.markdown_table(rows(0.9876, 0.989), 0.98)
     lines = text.splitlines()
     assert lines[0].startswith("| arm | model | params |") and "to 98% s" in lines[0]
-    assert "| swarm | mnist_tiny | 47k | 4 | 98.76 ± 0.10 | 4 peers × 2 seeds | 0.05 | 1.50 | 60.0 | 12.0 (2/2) | 150x |" in lines
-    assert "| large | mnist_cnn | 1.20M | 1 | 99.00 ± 0.10 | 2 seeds | 0.05 | 0.00 | 60.0 | 12.0 (2/2) | — |" in lines
-    assert any(line.startswith("| swarm ensemble |") and "| 2 seeds |" in line for line in lines)
+    assert ("| swarm | mnist_tiny | 47k | 4 | 98.76 ± 0.10 | 4 peers × 2 seeds | 0.05 | 98.90 | 98.76 | 1.50 | 60.0 "
+            "| 12.0 (2/2) | 150x |") in lines
+    assert "| large | mnist_cnn | 1.20M | 1 | 99.00 ± 0.10 | 2 seeds | 0.05 | — | — | 0.00 | 60.0 | 12.0 (2/2) | — |" in lines
+    assert ("| sweep partition=dirichlet:0.1 | mnist_tiny | 47k | 4 | 90.00 ± 0.10 | 4 peers × 1 seed | — | 92.00 "
+            "| 91.00 | 1.50 |") in text
     assert "to target s" in report.markdown_table(rows(0.98), None)
 
 
@@ -58,13 +61,14 @@ def test_answer_flags_noise_and_missing_arms():
     assert "it is noise" not in report.answer(rows(0.985, seed_std=0.0001), 0.1)
     assert report.answer([row("swarm", "swarm", 0.98)], 0.5).startswith("No answer yet")
     only_small = [r for r in rows(0.98) if r["arm"] != "large"]
+    assert "ensemble" not in report.answer(rows(0.98), 0.5)
     assert "the centralized mnist_tiny" in report.answer(only_small, 0.5)  # falls back to the small model
 
 
 def test_compare_table():
-    diff = [{"arm": "swarm", "accuracy_a": 0.98, "accuracy_b": 0.985, "delta_pts": 0.5, "mb_per_epoch_a": 1.0,
-             "mb_per_epoch_b": 0.1, "wall_s_a": 10.0, "wall_s_b": None}]
-    assert "| swarm | 98.00 | 98.50 | +0.50 | 1.00 | 0.10 | 10.0 | — |" in report.compare_table(diff)
+    diff = [{"arm": "swarm", "accuracy_a": 0.98, "accuracy_b": 0.985, "delta_pts": 0.5, "ensemble_a": 0.981,
+             "ensemble_b": None, "mb_per_epoch_a": 1.0, "mb_per_epoch_b": 0.1, "wall_s_a": 10.0, "wall_s_b": None}]
+    assert "| swarm | 98.00 | 98.50 | +0.50 | 98.10 | — | 1.00 | 0.10 | 10.0 | — |" in report.compare_table(diff)
 
 
 def curve(accs, mb_step):
@@ -75,7 +79,8 @@ def curve(accs, mb_step):
 def arm(group, kind, role, accs, *, mb_step=1.0, partition="iid", seed=0):
     return {"group": group, "kind": kind, "role": role, "seed": seed, "dir": f"/x/{group}-{seed}",
             "curve": curve(accs, mb_step if kind == "swarm" else 0.0), "final_accuracy": [accs[-1]],
-            "bandwidth": [{"t": float(t), "bps": 1e6 * t} for t in range(5)] if kind == "swarm" else [],
+            "send_rate": [{"t": float(t), "bps": 1e6 * t} for t in range(5)] if kind == "swarm" else [],
+            "bandwidth": "10Gbps" if kind == "swarm" else None,
             "label_histograms": [[5, 1, 0], [0, 2, 9]] if kind == "swarm" else [], "partition": partition,
             "complete": True, "dataset": "mnist"}
 
@@ -96,4 +101,5 @@ def test_write_report_files(tmp_path):
     assert report.markdown_table(summary["rows"], 0.97) in md and "![" in md and "](bandwidth.png)" in md
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["answer"] == out["answer"] and saved["rows"][2]["accuracy_mean"] == 0.9825
+    assert saved["rows"][2]["ensemble_mean"] == 0.985
     assert len(saved["arms"]) == 4 and "label_histograms" not in saved["arms"][0]

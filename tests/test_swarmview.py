@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gossip.config import load
 from gossip.swarmview import SwarmView, clean_snapshot
+from gossip.telemetry import SNAPSHOT_FIELDS
 
 
 class Clock:
@@ -71,17 +74,28 @@ def test_link_bandwidth_is_the_byte_rate_between_snapshots_in_bits_per_second() 
     view, _ = _view()
     view.ingest(0, _snap(0, 10.0, {1: 0, 2: 0}))
     view.ingest(1, _snap(1, 10.0, {0: 0}))
+    view.ingest(0, _snap(0, 10.1, {1: 50_000, 2: 0}))  # too soon to tell
+    bps = {(x["a"], x["b"]): x["bps_ab"] for x in view.snapshot()["links"]}
+    assert bps[(0, 1)] == 0
     view.ingest(0, _snap(0, 10.5, {1: 62_500, 2: 0}))  # 62.5 kB in 0.5 s = 1 Mb/s
-    view.ingest(0, _snap(0, 10.55, {1: 100_000, 2: 0}))  # too soon after: no 6 Mb/s spike
     view.ingest(1, _snap(1, 11.0, {0: 125_000}))
     links = {(x["a"], x["b"]): x for x in view.snapshot()["links"]}
     assert links[(0, 1)]["bps_ab"] == 1_000_000 and links[(0, 1)]["bps_ba"] == 1_000_000
     assert links[(0, 2)]["bps_ab"] == 0 and not links[(0, 2)]["down"]
     swarm = view.snapshot()["swarm"]
     assert swarm["bps"] == 2_000_000 and swarm["max_link_bps"] == 1_000_000 and swarm["cap_bps"] == 100e6
-    view.ingest(0, _snap(0, 11.0, {1: 10, 2: 0}))  # peer 0 restarted: counters went back
-    links = {(x["a"], x["b"]): x for x in view.snapshot()["links"]}
-    assert links[(0, 1)]["bps_ab"] == 1_000_000  # last known rate until a new baseline exists
+    # a burst then silence: the 2 s window averages it instead of jumping between 0 and a spike
+    view.ingest(0, _snap(0, 11.0, {1: 312_500, 2: 0}))  # +250 kB in 0.5 s
+    view.ingest(0, _snap(0, 11.5, {1: 312_500, 2: 0}))
+    bps = {(x["a"], x["b"]): x["bps_ab"] for x in view.snapshot()["links"]}
+    assert bps[(0, 1)] == round(312_500 * 8 / 1.5)  # 10.0 .. 11.5 is within the window
+    view.ingest(0, _snap(0, 14.0, {1: 312_500, 2: 0}))  # the burst left the window
+    bps = {(x["a"], x["b"]): x["bps_ab"] for x in view.snapshot()["links"]}
+    assert bps[(0, 1)] == 0
+    view.ingest(0, _snap(0, 14.5, {1: 10, 2: 0}))  # peer 0 restarted: counters went back
+    view.ingest(0, _snap(0, 15.0, {1: 62_510, 2: 0}))
+    bps = {(x["a"], x["b"]): x["bps_ab"] for x in view.snapshot()["links"]}
+    assert bps[(0, 1)] == 1_000_000  # measured from the new baseline, no negative rate
 
 
 def test_a_down_peer_has_a_down_link_without_bandwidth() -> None:
@@ -134,3 +148,24 @@ def test_summary_appears_once_every_peer_is_done_or_down() -> None:
 def test_unlimited_bandwidth_has_no_cap() -> None:
     view, _ = _view(2, "link.bandwidth=unlimited")
     assert view.snapshot()["swarm"]["cap_bps"] is None
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.fixed_dictionaries({"type": st.just("peer")}, optional={k: _json for k in SNAPSHOT_FIELDS if k != "type"}),
+       st.dictionaries(st.sampled_from(["0", "1", "²", "01", "-1", "x", "99"]), _json, max_size=3))
+def test_hostile_telemetry_never_breaks_the_view(message: dict[str, Any], links: dict[str, Any]) -> None:
+    view, clock = _view(2)
+    message = {**message, "links": links} if links else message
+    view.ingest(0, message)
+    clock.now += 0.5
+    view.ingest(0, {**message, "ts": 5.0})
+    snap = view.snapshot()
+    view.tick()
+    assert snap["peers"]["0"]["state"] in ("starting", "training", "syncing", "finishing", "done")

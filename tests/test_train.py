@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -15,6 +16,15 @@ from gossip.errors import CheckpointError, ConfigError
 from gossip.train import StepStats, Trainer, resolve_device, set_threads
 
 CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models: one thread is fastest, and immune to a busy machine's thread contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _split(n: int, size: int, seed: int) -> Split:

@@ -321,7 +321,7 @@
     ctx.textAlign = "center"; ctx.textBaseline = "top";
     const step = niceStep((o.xMax - o.xMin) / 6);
     for (let x = Math.ceil(o.xMin / step) * step; x <= o.xMax; x += step) {
-      ctx.fillText(fmtDuration(x).replace(".0 s", " s"), X(x), H - pad.b + 6);
+      ctx.fillText(fmtTick(x), X(x), H - pad.b + 6);
     }
     for (const h of o.hlines || []) {
       ctx.strokeStyle = h.color; ctx.setLineDash([5, 4]);
@@ -352,6 +352,10 @@
       ctx.fillStyle = css("--muted"); ctx.textAlign = "center"; ctx.textBaseline = "middle";
       ctx.fillText(o.empty, pad.l + pw / 2, pad.t + ph / 2);
     }
+  }
+  function fmtTick(x) {
+    const m = Math.floor(x / 60), sec = Math.round(x % 60);
+    return m ? (sec ? `${m} min ${sec} s` : `${m} min`) : `${sec} s`;
   }
   function niceStep(raw) {
     const steps = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600];

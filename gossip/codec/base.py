@@ -113,10 +113,6 @@ class IndexCodec(ABC):
     def decode(self, payload: IndexPayload, count: int, numel: int) -> np.ndarray:
         """Strictly increasing int64 indices in ``[0, numel)``, exactly ``count`` of them, or reject."""
 
-    def wire_bits(self, indices: np.ndarray, numel: int) -> float:
-        """Size estimate used by ``index = "auto"`` (exact where cheap)."""
-        return float("inf")
-
 
 # ---------------------------------------------------------------- registries
 
@@ -132,9 +128,13 @@ class Registry(Generic[T]):
         self.extra_values = extra_values  # enum values handled outside this registry
         self._by_value: dict[int, T] = {}
         self._names: dict[int, str] = {}
+        self._values: dict[str, int] = {}
 
     def value_of(self, name: str) -> int:
-        return int(self.enum.Value(self.prefix + name.upper()))
+        value = self._values.get(name)
+        if value is None:
+            value = self._values[name] = int(self.enum.Value(self.prefix + name.upper()))
+        return value
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
         def deco(cls: type[T]) -> type[T]:

@@ -70,7 +70,7 @@ def measure(layout: Layout, grad: torch.Tensor, cfg: CodecConfig, repeats: int) 
     ef = ErrorFeedback(layout.numel)
     limits = Limits(numel=layout.numel, schema_hash=layout.schema_hash, max_bytes=1 << 31, peers=1)
     enc_s, dec_s, enc_wall, dec_wall = [], [], [], []
-    first: tuple[Any, DecodedUpdate] | None = None
+    first: tuple[Any, Any] | None = None
     for seq in range(repeats):
         ef.residual.copy_(grad)
         t0, w0 = time.thread_time(), time.perf_counter()
@@ -157,7 +157,7 @@ def variants(base: CodecConfig, density: float, full: bool) -> list[CodecConfig]
     out += [dataclasses.replace(main, index="bitmap_zlib")]
     if density == 0.01:
         out += [dataclasses.replace(main, values=v) for v in ("int4", "sign", "fp16", "fp32")]
-        out += [dataclasses.replace(main, chunk=256)]
+        out += [dataclasses.replace(main, chunk=0 if main.chunk else 256)]
         out += [dataclasses.replace(main, select="powersgd", values="fp32"),
                 dataclasses.replace(main, select="dense", values="int8")]
     return out

@@ -87,6 +87,11 @@ def _check_disjoint(indices: np.ndarray, starts: np.ndarray, ends: np.ndarray) -
 
 def decode_update(msg: pb.GradUpdate, numel: int) -> tuple[np.ndarray | None, np.ndarray]:
     """(int64 indices or None, float32 values) of a validated update; rejects anything else."""
+    with np.errstate(all="ignore"):  # hostile scales may overflow: caught as non_finite, not warned
+        return _decode(msg, numel)
+
+
+def _decode(msg: pb.GradUpdate, numel: int) -> tuple[np.ndarray | None, np.ndarray]:
     if msg.numel != numel:
         reject("schema_mismatch", f"numel {msg.numel}, ours {numel}")
     SELECTORS.check_known(msg.selection)

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from gossip.config import CodecConfig
 from gossip.errors import CheckpointError
 
 
@@ -33,6 +34,12 @@ class ErrorFeedback:
         self.residual = torch.zeros(self.numel, dtype=torch.float32, device=device)
         self.velocity: torch.Tensor | None = (
             torch.zeros_like(self.residual) if self.momentum > 0 else None)
+
+    @classmethod
+    def for_config(cls, cfg: CodecConfig, numel: int, device: torch.device | str = "cpu", *,
+                   momentum: float = 0.9) -> ErrorFeedback:
+        """The memory ``codec`` asks for: momentum-corrected (DGC) when ``codec.momentum_correction``."""
+        return cls(numel, device, momentum=momentum if cfg.momentum_correction else 0.0)
 
     def add(self, delta: torch.Tensor) -> None:
         """Accumulate one parameter delta (1-D, ``numel`` fp32 values)."""

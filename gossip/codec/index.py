@@ -21,6 +21,7 @@ checked to be exactly ``count``, strictly increasing and below ``numel``.
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 
@@ -61,7 +62,12 @@ def inflate(data: bytes, size: int, *, exact: bool = True) -> bytes:
 
 
 def _gaps(indices: np.ndarray) -> np.ndarray:
-    return np.diff(indices.astype(np.int64), prepend=np.int64(-1)) - 1
+    gaps = np.empty(indices.size, dtype=np.int64)
+    if indices.size:
+        gaps[0] = indices[0]
+        np.subtract(indices[1:], indices[:-1], out=gaps[1:])
+        gaps[1:] -= 1
+    return gaps
 
 
 def _from_gaps(gaps: np.ndarray, numel: int) -> np.ndarray:
@@ -71,6 +77,7 @@ def _from_gaps(gaps: np.ndarray, numel: int) -> np.ndarray:
     return indices
 
 
+@functools.lru_cache(maxsize=64)
 def _spans(bits: int) -> list[tuple[int, int, int]]:
     """Where value j (0..7) of a group of 8 ``bits``-bit values sits in the group's 64-bit words.
 
@@ -134,23 +141,32 @@ def _unpack_fixed(data: bytes, count: int, bits: int) -> np.ndarray:
 @INDEX_CODECS.register("rice")
 class Rice(IndexCodec):
     @staticmethod
-    def best_param(gaps: np.ndarray) -> tuple[int, int]:
-        """(b, total bits) minimising ``k (b + 1) + Σ gap >> b`` (tries b around log2 of the mean gap)."""
-        mean = float(gaps.mean()) if gaps.size else 0.0
-        guess = max(0, int(math.log2(mean * math.log(2))) if mean >= 2 else 0)
-        best = (0, -1)
-        for b in range(max(0, guess - 2), min(MAX_RICE_BITS, guess + 3) + 1):
-            total = gaps.size * (b + 1) + int((gaps >> b).sum())
-            if best[1] < 0 or total < best[1]:
-                best = (b, total)
-        return best
+    def best_param(gaps: np.ndarray, gap_sum: int) -> tuple[int, int]:
+        """(b, total bits) minimising ``k (b + 1) + Σ gap >> b``, which is convex in b.
 
-    def wire_bits(self, indices: np.ndarray, numel: int) -> float:
-        return float(self.best_param(_gaps(indices))[1])
+        Starts at the optimum for geometric gaps, ``log2(mean x ln 2)``, and walks
+        downhill (clustered top-k sets have more small gaps and want a smaller b).
+        """
+        k = gaps.size
+        mean = gap_sum / k if k else 0.0
+        b = min(MAX_RICE_BITS, max(0, int(math.log2(mean * math.log(2))) if mean >= 2 else 0))
+
+        def cost(bits: int) -> int:
+            return k * (bits + 1) + (gap_sum if bits == 0 else int((gaps >> bits).sum()))
+
+        best = cost(b)
+        for step in (-1, 1):
+            while 0 <= b + step <= MAX_RICE_BITS:
+                trial = cost(b + step)
+                if trial >= best:
+                    break
+                b, best = b + step, trial
+        return b, best
 
     def encode(self, indices: np.ndarray, numel: int, *, zlib_level: int) -> IndexPayload:
         gaps = _gaps(indices)
-        b, _ = self.best_param(gaps)
+        gap_sum = int(indices[-1]) + 1 - indices.size if indices.size else 0  # the gaps telescope
+        b, _ = self.best_param(gaps, gap_sum)
         quotients = gaps >> b
         ends = np.cumsum(quotients + 1) - 1  # each quotient: that many 0 bits, then a 1
         unary = np.zeros(int(ends[-1]) + 1 if ends.size else 0, dtype=bool)
@@ -174,7 +190,7 @@ class Rice(IndexCodec):
             reject("count_mismatch", "bytes after the last rice code")
         if len(payload.aux) != (count * b + 7) // 8:
             reject("count_mismatch", f"{len(payload.aux)} remainder bytes for {count} x {b} bits")
-        quotients = np.diff(ends, prepend=np.int64(-1)) - 1
+        quotients = _gaps(ends)
         remainders = _unpack_fixed(payload.aux, count, b)
         # Bound the sum with Python integers first: hostile quotients must not overflow int64.
         if count and (int(quotients.sum()) << b) + int(remainders.sum()) + count > numel:

@@ -10,10 +10,12 @@ codec        bits/value    scale per chunk                                    wo
 ``fp32``     32            none                                               0
 ===========  ============  ==================================================  ====================
 
-Tuning: top-k values are heavy-tailed, so one scale per message (``codec.chunk =
-0``) quantizes the smallest kept values coarsely; ``chunk`` = a few hundred cuts
-the relative error roughly in half for 4 bytes per chunk. Error feedback keeps
-every quantization error in the residual, so it is delayed, never lost.
+Values come in groups (all sparse values; each dense segment) cut into chunks of
+``codec.chunk`` values, one scale per chunk. Tuning: top-k values are
+heavy-tailed, so one scale per group (``chunk = 0``) quantizes the smallest kept
+values coarsely; the default ``chunk = 256`` cuts int8's relative error about 4x
+on ResNet-18 gradients for 4 bytes per 256 values (+0.016 B/element). Error
+feedback keeps every quantization error in the residual: delayed, never lost.
 """
 
 from __future__ import annotations
@@ -58,8 +60,7 @@ class _Linear(ValueCodec):
         q = values * _per_value(inv, chunks)
         np.rint(q, out=q)
         np.clip(q, -self.levels, self.levels, out=q)
-        q[np.isnan(q)] = 0
-        return q.astype(np.int8), scale
+        return q.astype(np.int8), scale  # a chunk holding NaN got scale 0: it decodes to zeros
 
     def _dequantize(self, q: np.ndarray, scales: np.ndarray, chunks: np.ndarray) -> np.ndarray:
         out = q.astype(np.float32)

@@ -1,0 +1,50 @@
+"""The benchmark entry point: dispatcher, and the codec benchmark on a small real model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from gossip import bench
+from gossip.codec import bench as codec_bench
+
+
+def test_dispatcher_lists_and_rejects(capsys):
+    assert bench.main(["--help"]) == 0
+    assert "codec" in capsys.readouterr().out
+    assert bench.main([]) == 2
+    assert bench.main(["nope"]) == 2
+    assert "unknown subcommand" in capsys.readouterr().err
+
+
+def test_codec_bench_json_on_a_small_model(capsys):
+    code = bench.main(["codec", "--models", "mnist_tiny", "--densities", "0.01", "--repeats", "2", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    rows = result["rows"]
+    default = [r for r in rows if r["default"]]
+    assert len(default) == 1 and default[0]["select"] == "sampled_topk" and default[0]["values"] == "int8"
+    main = default[0]
+    assert main["bytes_per_kept"] <= main["wire_target"] and result["checks"]["mnist_tiny@0.01 wire"]
+    assert main["compression_ratio"] > 50 and main["encode_gbps"] > 0 and main["decode_gbps"] > 0
+    assert main["value_rel_error"] < 0.05 and 0 < main["residual_rel_error"] < 1
+    by_codec = {(r["select"], r["values"], r["chunk"]): r for r in rows if r["index"] == "auto"}
+    chunk = main["chunk"]
+    fp32 = by_codec[("sampled_topk", "fp32", chunk)]
+    assert fp32["value_rel_error"] < 1e-6 and fp32["bytes_per_kept"] > main["bytes_per_kept"]
+    assert by_codec[("powersgd", "fp32", chunk)]["kept"] == main["numel"]
+    one_scale = by_codec[("sampled_topk", "int8", 0 if chunk else 256)]
+    assert (one_scale["value_rel_error"] > main["value_rel_error"]) == (chunk > 0)
+    crossover = result["index_crossover"]["mnist_tiny"]
+    assert [r["density"] for r in crossover] == list(codec_bench.CROSSOVER_DENSITIES)
+    for r in crossover:  # auto is never worse than plain rice, and close to the best coder
+        assert r["auto"] <= r["rice"] + 1e-9
+        assert r["auto"] <= 1.1 * min(r["rice"], r["rice_zlib"], r["delta_zlib"], r["bitmap_zlib"]) + 0.1
+    assert code in (0, 1)  # throughput targets depend on the machine; the figures are what counts
+
+
+def test_cli_runs_as_a_module():
+    proc = subprocess.run([sys.executable, "-m", "gossip.bench", "codec", "--quick", "--models", "mnist_tiny",
+                           "--densities", "0.01", "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "sampled_topk/int8" in proc.stdout and "target mnist_tiny@0.01 wire" in proc.stdout

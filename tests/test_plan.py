@@ -1,0 +1,82 @@
+"""gossip.plan: the experiment's settings (one-line errors naming the key) and its arms."""
+
+import pytest
+
+from gossip import config, plan
+from gossip.errors import ConfigError
+
+
+def cfg_with(exp, *overrides):
+    return config.replace(config.load(None, ["model.name=mnist_tiny", *overrides]), {"experiment": exp})
+
+
+def test_defaults_come_from_the_config():
+    s = plan.settings_from(cfg_with({}, "seed=3"))
+    assert (s.large_model, s.small_model, s.seeds, s.sweep_seeds) == ("mnist_tiny", "mnist_tiny", (3,), (3,))
+    assert s.arms == ("large", "small", "swarm") and s.ensemble and not s.dashboard and s.target_accuracy is None
+
+
+@pytest.mark.parametrize(("exp", "message"), [
+    ({"seed": [0]}, "experiment.seed: unknown key"),
+    ({"large_model": "gpt5"}, "experiment.large_model: unknown model 'gpt5'"),
+    ({"seeds": []}, "experiment.seeds: expected a non-empty list of integers"),
+    ({"seeds": [0, "1"]}, "experiment.seeds:"),
+    ({"sweep_seeds": 1}, "experiment.sweep_seeds:"),
+    ({"arms": ["swarm", "huge"]}, "experiment.arms:"),
+    ({"target_accuracy": 98}, "experiment.target_accuracy: expected a number in (0, 1]"),
+    ({"match_tolerance_pts": -1}, "experiment.match_tolerance_pts:"),
+    ({"ensemble": "yes"}, "experiment.ensemble: expected true or false"),
+    ({"sweeps": [1, 2]}, "experiment.sweeps: expected a mapping"),
+    ({"sweeps": {"link.bandwidth": "10Gbps"}}, "experiment.sweeps.link.bandwidth: expected a non-empty list"),
+    ({"sweeps": {"link.bandwidth": ["fast"]}}, "experiment.sweeps.link.bandwidth: 'fast': link.bandwidth:"),
+    ({"sweeps": {"codec.densty": [0.1]}}, "experiment.sweeps.codec.densty: 0.1: codec.densty: unknown key"),
+    ({"sweeps": {"partition": ["dirichlet:x"]}}, "experiment.sweeps.partition: 'dirichlet:x': expected iid"),
+    ({"sweeps": {"partition": ["dirichlet:0"]}}, "experiment.sweeps.partition: 'dirichlet:0': data.alpha"),
+])
+def test_bad_settings_name_the_key(exp, message):
+    with pytest.raises(ConfigError) as exc:
+        plan.settings_from(cfg_with(exp))
+    assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
+
+
+def test_sweep_overrides():
+    assert plan.sweep_overrides("partition", "iid") == {"data": {"partition": "iid"}}
+    assert plan.sweep_overrides("partition", "dirichlet:0.1") == {"data": {"partition": "dirichlet", "alpha": 0.1}}
+    assert plan.sweep_overrides("partition", "shards:3") == {"data": {"partition": "shards", "shards_per_peer": 3}}
+    assert plan.sweep_overrides("link.bandwidth", "1Mbps") == {"link": {"bandwidth": "1Mbps"}}
+    assert plan.sweep_overrides("peers", 8) == {"peers": 8}
+
+
+def test_plan_arms_seeds_and_shared_runs():
+    cfg = cfg_with({"large_model": "mnist_cnn", "seeds": [0, 1], "sweeps": {
+        "link.bandwidth": ["10Gbps", "100Mbps"], "partition": ["dirichlet:0.5"], "peers": [2]}}, "peers=4")
+    arms = plan.plan(cfg, plan.settings_from(cfg))
+    names = [a["name"] for a in arms]
+    assert names[:6] == ["large-seed0", "small-seed0", "swarm-seed0", "large-seed1", "small-seed1", "swarm-seed1"]
+    by_name = {a["name"]: a for a in arms}
+    assert by_name["large-seed1"]["config"].model.name == "mnist_cnn" and by_name["large-seed1"]["config"].seed == 1
+    swarm = by_name["swarm-seed0"]["config"]
+    assert swarm.model.name == "mnist_tiny" and swarm.checkpoint.save_final and not swarm.dashboard.enabled
+    # the 10Gbps sweep point is the swarm arm itself: not planned again, the swarm row shows it
+    assert "sweep-link.bandwidth-10Gbps-seed0" not in by_name
+    slow = by_name["sweep-link.bandwidth-100Mbps-seed0"]
+    assert slow["dir"] == "arms/sweep-link.bandwidth-100Mbps-seed0" and slow["config"].link.bandwidth == "100Mbps"
+    assert slow["sweep"] == {"key": "link.bandwidth", "value": "100Mbps"} and slow["role"] == "sweep"
+    noniid = by_name["sweep-partition-dirichlet_0.5-seed0"]["config"]
+    assert (noniid.data.partition, noniid.data.alpha, noniid.peers) == ("dirichlet", 0.5, 4)
+    assert by_name["sweep-peers-2-seed0"]["config"].peers == 2
+    assert not any(a["seed"] == 1 and a["role"] == "sweep" for a in arms)  # sweeps: the first seed only
+    assert len({a["dir"] for a in arms}) == len(arms) == 9
+
+
+def test_small_equal_to_large_runs_once():
+    cfg = cfg_with({"arms": ["large", "small"]})  # both default to model.name
+    dirs = [a["dir"] for a in plan.plan(cfg, plan.settings_from(cfg))]
+    assert dirs == ["arms/large-seed0", "arms/large-seed0"]
+
+
+def test_load_merges_experiment_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("experiment: {large_model: mnist_cnn, seeds: [0, 1], sweeps: {peers: [2]}}\n")
+    cfg = plan.load(path, ["experiment.seeds=[5]", "train.epochs=1", "experiment.sweeps={}"])
+    assert cfg.experiment == {"large_model": "mnist_cnn", "seeds": [5], "sweeps": {}} and cfg.train.epochs == 1
