@@ -204,8 +204,8 @@ def load(path: str | Path) -> dict[str, Any]:
     if not exp_log.is_file():
         if not (root / "baseline.jsonl").is_file() and not any(root.glob("peer-*.jsonl")):
             raise DataError(f"{root}: no gossip logs here (experiment.jsonl, peer-<id>.jsonl or baseline.jsonl)")
-        arm = load_arm(root)
-        arm.update(name=root.name, group=root.name, role=arm["kind"], sweep=None)
+        arm = load_arm(root)  # one run: its row is named by its kind, so two swarm runs line up in compare()
+        arm.update(name=root.name, group=arm["kind"], role=arm["kind"], sweep=None)
         return {"dir": str(root), "settings": {}, "arms": [arm]}
     events = read_jsonl(exp_log)
     plan = _last(events, "experiment_plan")
@@ -279,18 +279,19 @@ def summarize(run: dict[str, Any], target: float | None = None) -> dict[str, Any
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows present in both summaries, with accuracy differences in points (B - A)."""
+    """Rows of the same arm in both summaries (or the only row of each), accuracy differences B - A."""
     by_arm = {r["arm"]: r for r in b["rows"]}
+    pairs = [(ra, by_arm[ra["arm"]]) for ra in a["rows"] if ra["arm"] in by_arm]
+    if not pairs and len(a["rows"]) == 1 and len(b["rows"]) == 1:
+        pairs = [(a["rows"][0], b["rows"][0])]  # e.g. a swarm run against a baseline run
     out = []
-    for ra in a["rows"]:
-        rb = by_arm.get(ra["arm"])
-        if rb is None:
-            continue
+    for ra, rb in pairs:
         delta = (None if ra["accuracy_mean"] is None or rb["accuracy_mean"] is None
                  else 100 * (rb["accuracy_mean"] - ra["accuracy_mean"]))
-        out.append({"arm": ra["arm"], "accuracy_a": ra["accuracy_mean"], "accuracy_b": rb["accuracy_mean"],
+        out.append({"arm": ra["arm"] if ra["arm"] == rb["arm"] else f"{ra['arm']} / {rb['arm']}",
+                    "accuracy_a": ra["accuracy_mean"], "accuracy_b": rb["accuracy_mean"], "delta_pts": delta,
                     "ensemble_a": ra["ensemble_mean"], "ensemble_b": rb["ensemble_mean"],
-                    "delta_pts": delta, "mb_per_epoch_a": ra["mb_per_epoch"], "mb_per_epoch_b": rb["mb_per_epoch"],
+                    "mb_per_epoch_a": ra["mb_per_epoch"], "mb_per_epoch_b": rb["mb_per_epoch"],
                     "wall_s_a": ra["wall_s"], "wall_s_b": rb["wall_s"]})
     return out
 

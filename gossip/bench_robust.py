@@ -20,6 +20,7 @@ Example: ``python -m gossip.bench robust --out runs/robust data.limit_train=2400
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -126,14 +127,20 @@ class LockstepSwarm:
             w.send_update(FINAL, final=True)
         self._route()
         out = []
+        scored: dict[bytes, float] = {}  # peers in exact agreement are scored once
         for w in self.workers:
             w.fold_in(w.bridge.drain())
             if hasattr(w.policy, "flush"):
                 with torch.no_grad():
                     w.policy.flush(w.trainer.flat)
-            metrics = w.trainer.evaluate(w.dataset.test)
-            out.append({"id": w.peer_id, "test_accuracy": metrics["accuracy"],
-                        "attacker": w.attack is not None, "updates_applied": w.progress.updates_applied})
+            accuracy = None
+            if w.attack is None:  # attackers' own models are not what is measured
+                key = hashlib.sha1(w.trainer.flat.numpy().tobytes()).digest()
+                if key not in scored:
+                    scored[key] = w.trainer.evaluate(w.dataset.test)["accuracy"]
+                accuracy = scored[key]
+            out.append({"id": w.peer_id, "test_accuracy": accuracy, "attacker": w.attack is not None,
+                        "updates_applied": w.progress.updates_applied})
         return out
 
 

@@ -156,8 +156,10 @@ def run(cfg: Config, out: str | Path, *, progress: IO[str] | None = sys.stderr, 
     s = settings_from(cfg)
     arms = plan(cfg, s)
     root = Path(out)
-    if fresh and root.exists():
-        shutil.rmtree(root)
+    if fresh:  # only what an experiment writes: --out may be a folder holding other things
+        shutil.rmtree(root / "arms", ignore_errors=True)
+        for name in ("experiment.jsonl", "report.md", "report.json", *(f"{p}.png" for p in report.PLOTS)):
+            (root / name).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     exp_log = root / "experiment.jsonl"
     configure(exp_log)

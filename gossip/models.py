@@ -11,6 +11,7 @@ name           params   use
 mnist_cnn      ~1.2M    the PyTorch MNIST example CNN; >= 99% in one epoch
 mnist_tiny     ~47k     a swarm-sized MNIST net (~98.5% in a few epochs)
 cifar_small    ~0.29M   airbench-style conv net (conv-pool-BN-GELU groups), ~84% in 6 epochs
+cifar_tiny     ~74k     cifar_small at half width (8, 16, 32, 64): ~4.4 MMAC, a swarm-sized CIFAR net
 resnet18       ~11.2M   torchvision ResNet-18 with a 3x3 stride-1 stem for 32x32
 =============  =======  ==========================================================
 
@@ -143,6 +144,7 @@ MODELS: dict[str, Callable[[int, int], nn.Module]] = {
     "mnist_cnn": MnistCNN,
     "mnist_tiny": MnistTiny,
     "cifar_small": CifarSmall,
+    "cifar_tiny": lambda num_classes, in_channels: CifarSmall(num_classes, in_channels, widths=(8, 16, 32, 64)),
     "resnet18": resnet18,
 }
 

@@ -73,7 +73,10 @@ class Worker:
         self.bridge = bridge
         self.layout = layout
         self.encoder = make_encoder(cfg.codec, layout)
-        self.feedback = ErrorFeedback(layout.numel, device=trainer.flat.device)
+        # With codec.momentum_correction (DGC) the residual accumulates a velocity of the deltas;
+        # pair it with train.momentum=0 so momentum is applied once, in the residual.
+        self.feedback = ErrorFeedback.for_config(cfg.codec, layout.numel, trainer.flat.device,
+                                                 momentum=cfg.train.momentum)
         self.trigger = Trigger(cfg.communication)
         self.policy = aggregate.make_policy(cfg.communication)
         self.progress = Progress()
@@ -187,8 +190,13 @@ class Worker:
         return sent
 
     def send_update(self, reason: str, *, final: bool = False) -> None:
-        density = 1.0 if final else None
-        update = self.encoder.encode(self.feedback, density=density)
+        # The final flush sends the whole residual with the run's value codec (int8 by default):
+        # an fp32 flush would be lossless but cost 4 bytes per parameter per neighbour, more than
+        # a whole epoch of sparse updates for small models; int8 leaves ~0.5% of the residual.
+        # (A 1- or 4-bit value codec is too coarse for the flush: it falls back to int8.)
+        flush_values = self.cfg.codec.values if self.cfg.codec.values in ("int8", "fp16", "fp32") else "int8"
+        update = (self.encoder.encode(self.feedback, density=1.0, values=flush_values) if final
+                  else self.encoder.encode(self.feedback))
         step, confidence = self.progress.global_step, min(1.0, max(0.0, self.progress.confidence))
         if self.attack is not None:  # a simulated hostile peer (security.attack): lie on the wire
             update, step, confidence = self.attack.forge(update, step=step, confidence=confidence)

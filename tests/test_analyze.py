@@ -125,13 +125,16 @@ def test_experiment_folder_rows(tmp_path):
 
 
 def test_compare_two_runs(tmp_path):
-    fake_swarm(tmp_path / "a" / "run")
-    fake_swarm(tmp_path / "b" / "run", accs=(0.98, 0.98))  # rows are matched by arm (here: folder) name
-    sa = analyze.summarize(analyze.load(tmp_path / "a" / "run"))
-    sb = analyze.summarize(analyze.load(tmp_path / "b" / "run"))
-    (diff,) = analyze.compare(sa, sb)
-    assert diff["arm"] == "run" and diff["delta_pts"] == pytest.approx(2.0)
+    fake_swarm(tmp_path / "dense")
+    fake_swarm(tmp_path / "sparse", accs=(0.98, 0.98))
+    fake_baseline(tmp_path / "central", 0.99)
+    sa, sb, sc = (analyze.summarize(analyze.load(tmp_path / d)) for d in ("dense", "sparse", "central"))
+    (diff,) = analyze.compare(sa, sb)  # single runs are named by their kind: both rows are "swarm"
+    assert diff["arm"] == "swarm" and diff["delta_pts"] == pytest.approx(2.0)
     assert diff["mb_per_epoch_a"] == diff["mb_per_epoch_b"] == pytest.approx(3.0)
+    (diff,) = analyze.compare(sa, sc)  # one row each: paired even though the kinds differ
+    assert diff["arm"] == "swarm / centralized" and diff["delta_pts"] == pytest.approx(3.0)
+    assert diff["mb_per_epoch_b"] == 0.0
 
 
 def test_cli_table_json_and_errors(tmp_path, capsys):
@@ -143,6 +146,7 @@ def test_cli_table_json_and_errors(tmp_path, capsys):
             "| 10.5 (2/2) | 100x |") in out
     assert "| large | mnist_cnn | 1.20M | 1 | 98.50 ± 0.50 | 2 seeds | 0.50 | — | — | 0.00 | 70.0 | 30.0 (2/2) | — |" in out
     assert out.count("## ") == 3  # two tables and the comparison
+    assert "| large / centralized |" not in out  # an experiment has several rows: only same-named ones pair
     assert analyze.main([str(tmp_path / "e"), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["runs"][0]["rows"][0]["arm"] == "large" and data["compare"] is None

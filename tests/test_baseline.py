@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_short_mnist_run_writes_result_and_log(data_root: Path, tmp_path: Path) -> None:
     cfg = config.load(REPO / "configs" / "mnist_baseline.yaml", [
         f"data.root={data_root}", "data.limit_train=3000", "data.limit_test=1000",
-        "model.name=mnist_tiny", "train.epochs=2", "train.batch_size=32", "train.lr=0.05", "train.threads=2",
+        "model.name=mnist_tiny", "train.epochs=2", "train.batch_size=32", "train.lr=0.05", "train.threads=1",
     ])
     result = run(cfg, tmp_path)
 

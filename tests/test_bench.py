@@ -48,3 +48,10 @@ def test_cli_runs_as_a_module():
                            "--densities", "0.01", "--repeats", "1"], capture_output=True, text=True, timeout=300)
     assert proc.returncode in (0, 1), proc.stderr
     assert "sampled_topk/int8" in proc.stdout and "target mnist_tiny@0.01 wire" in proc.stdout
+
+
+def test_every_subcommand_module_has_a_main():
+    import importlib
+
+    for module, _ in bench.SUBCOMMANDS.values():
+        assert callable(importlib.import_module(module).main)

@@ -42,6 +42,17 @@ def test_resume_needs_a_finished_run_of_the_same_config(tmp_path):
         assert not experiment.arm_done(swarm, tmp_path, True), bad
 
 
+def test_fresh_deletes_only_what_an_experiment_writes(tmp_path):
+    cfg = cfg_with({"arms": ["small"]})
+    (tmp_path / "arms/small-seed0").mkdir(parents=True)
+    (tmp_path / "arms/small-seed0/baseline.jsonl").write_text("")
+    (tmp_path / "notes.txt").write_text("mine")
+    result = experiment.run(cfg, tmp_path, progress=None, fresh=True, report_only=True)
+    assert not (tmp_path / "arms").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+    assert result["rows"] == [] and result["answer"].startswith("No answer yet")
+    assert "No answer yet" in (tmp_path / "report.md").read_text()
+
+
 def test_cli_errors_are_one_line(tmp_path):
     bad = tmp_path / "c.yaml"
     bad.write_text("experiment: {seeds: zero}\n")

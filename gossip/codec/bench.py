@@ -188,16 +188,18 @@ def _label(row: dict[str, Any]) -> str:
     label = f"{row['select']}/{row['values']}/{row['index_encoding']}"
     if row["index_encoding"] in ("delta_zlib", "bitmap_zlib"):
         label += f"@{row['zlib_level']}"
-    return label + (f"/chunk{row['chunk']}" if row["chunk"] else "")
+    if row["values"] in ("int8", "int4", "sign"):
+        label += f"/chunk{row['chunk']}" if row["chunk"] else "/chunk0"
+    return label
 
 
 def render(result: dict[str, Any]) -> str:
-    head = (f"{'model':10} {'codec':34} {'dens':>6} {'kept':>8} {'B/elem':>7} {'target':>7} {'ratio':>7} "
+    head = (f"{'model':10} {'codec':44} {'dens':>6} {'kept':>8} {'B/elem':>7} {'target':>7} {'ratio':>7} "
             f"{'enc GB/s':>8} {'dec GB/s':>8} {'idx bits':>8} {'bound':>6} {'val err':>8} {'res err':>8}")
     lines = [head, "-" * len(head)]
     for r in result["rows"]:
         lines.append(
-            f"{r['model']:10} {('* ' if r['default'] else '  ') + _label(r):34} {r['density']:6g} {r['kept']:8d} "
+            f"{r['model']:10} {('* ' if r['default'] else '  ') + _label(r):44} {r['density']:6g} {r['kept']:8d} "
             f"{r['bytes_per_kept']:7.3f} {r['wire_target']:7.3f} {r['compression_ratio']:7.1f} "
             f"{r['encode_gbps']:8.2f} {r['decode_gbps']:8.2f} {r['index_bits']:8.2f} "
             f"{r['index_bound_bits']:6.2f} {r['value_rel_error']:8.4f} {r['residual_rel_error']:8.4f}")

@@ -16,7 +16,9 @@ One call to :meth:`Encoder.encode`:
 
 ``encode(ef, density=1.0)`` sends *everything* (all segments dense) and, unless
 ``values`` says otherwise, in fp32, so the residual becomes exactly zero: the
-final flush that brings peers into agreement.
+final flush that brings peers into agreement. That message is ``4 x numel`` bytes
+plus ~1 KiB, so ``security.max_message_bytes`` (64 MiB) must exceed it (models up
+to ~16M parameters at the default).
 """
 
 from __future__ import annotations
@@ -122,8 +124,8 @@ class Encoder:
         whole = dense_index.size == self.layout.numel  # everything dense: no fancy indexing
         dense_values = residual.detach().cpu().numpy().copy() if whole else gather(residual, dense_index)
         sent = np.concatenate([sparse_values, dense_values]) if sparse_values.size else dense_values
-        bad = ~np.isfinite(sent)
-        if bad.any():  # a diverged local step must not poison the neighbours
+        if not np.isfinite(sent).all():  # a diverged local step must not poison the neighbours
+            bad = ~np.isfinite(sent)
             log.warning("residual_non_finite", count=int(bad.sum()))
             sent[bad] = 0.0
         target = sent

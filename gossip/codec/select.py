@@ -7,10 +7,11 @@
   then trim the few extra to exactly ``k`` with a partition over the candidates
   only. If the estimate came out far too high, the pass repeats with a lower
   threshold. One pass over memory instead of ``torch.topk``'s sort-like work:
-  ~15x faster on one core.
+  10-20x faster than ``torch.topk`` on one core (gossip.bench codec).
 * ``topk`` — exact top-k (``numpy.argpartition``), the reference.
-* ``randomk`` — k uniformly random positions: unbiased but needs ~10x the
-  density of top-k for the same progress.
+* ``randomk`` — k uniformly random positions: unbiased, but it moves far less of
+  the residual per message (ResNet-18 at 1 %: 3 % of the gradient's norm where
+  top-k moves 40 %).
 * ``dense`` — everything (the encoder sends it as dense segments).
 
 Every selector works on the sparse-eligible ranges only and returns sorted flat
@@ -20,6 +21,7 @@ indices plus a copy of the values there (read while the block is in cache).
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -32,9 +34,19 @@ SAMPLE_MIN = 8_000    # never estimate from fewer samples
 LOW_COUNT = 0.8       # rescan with a lower threshold below this fraction of k
 
 
+_scratch = threading.local()  # per-thread scan buffers: no page faults on every encode
+
+
+def _buffers() -> tuple[np.ndarray, np.ndarray]:
+    if getattr(_scratch, "size", 0) != BLOCK:
+        _scratch.mags, _scratch.mask, _scratch.size = np.empty(BLOCK, np.float32), np.empty(BLOCK, bool), BLOCK
+    return _scratch.mags, _scratch.mask
+
+
 def _numpy(residual: torch.Tensor) -> np.ndarray:
-    assert residual.device.type == "cpu" and residual.is_contiguous() and residual.dtype == torch.float32
-    return residual.detach().numpy()
+    x = residual.detach().numpy()
+    assert x.dtype == np.float32 and x.ndim == 1 and x.flags.c_contiguous
+    return x
 
 
 def _range_sizes(ranges: np.ndarray) -> np.ndarray:
@@ -71,8 +83,7 @@ def _scan(residual: torch.Tensor, ranges: np.ndarray, threshold: float) -> tuple
             value_parts.append(seg[found].cpu().numpy())
     else:
         x = _numpy(residual)
-        mags = np.empty(BLOCK, dtype=np.float32)
-        mask = np.empty(BLOCK, dtype=bool)
+        mags, mask = _buffers()
         thr = np.float32(threshold)
         for start, stop in ranges:
             for lo in range(int(start), int(stop), BLOCK):
@@ -86,7 +97,7 @@ def _scan(residual: torch.Tensor, ranges: np.ndarray, threshold: float) -> tuple
                     value_parts.append(block[hit])
     if not index_parts:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return np.concatenate(index_parts).astype(np.int64), np.concatenate(value_parts)
+    return np.concatenate(index_parts).astype(np.int64, copy=False), np.concatenate(value_parts)
 
 
 def _trim(indices: np.ndarray, values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

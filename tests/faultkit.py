@@ -1,0 +1,145 @@
+"""Helpers for the fault and hostile-input tests: real peer processes on loopback, tiny settings.
+
+One swarm size for all of them (``BASE``), so every test can compare against the same clean
+run (:func:`clean_run`, computed once per test session and shared).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gossip import config
+
+PEERS = 4
+BASE = {
+    "peers": PEERS, "model.name": "mnist_tiny", "data.limit_train": 6000, "data.limit_test": 2000,
+    "train.epochs": 2, "train.batch_size": 32, "train.lr": 0.02, "train.threads": 1,
+    "timeouts.startup_s": 30, "timeouts.silence_s": 3, "timeouts.finish_s": 10,
+    "checkpoint.every_epochs": 1, "dashboard.enabled": False,
+}
+RUN_TIMEOUT_S = 240
+
+
+def free_base(span: int = 40) -> int:
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + span < 65000:
+            return base
+    raise RuntimeError("no free port range")
+
+
+def make_cfg(**extra: Any) -> config.Config:
+    base = free_base()
+    items = {**BASE, "topology.base_port": base, "dashboard.telemetry_port": base + 20, **extra}
+    return config.load(None, [f"{k}={v}" for k, v in items.items()])
+
+
+def write_cfg(run_dir: Path, cfg: config.Config) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict(cfg)))
+    return path
+
+
+def start_peer(run_dir: Path, cfg_path: Path, peer_id: int, *args: str) -> subprocess.Popen[str]:
+    log = (run_dir / f"peer-{peer_id}.stderr").open("a")
+    return subprocess.Popen(
+        [sys.executable, "-m", "gossip.peer", "--id", str(peer_id), "--config", str(cfg_path),
+         "--run-dir", str(run_dir), "--quiet", *args],
+        stdout=subprocess.DEVNULL, stderr=log, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def start_swarm(run_dir: Path, cfg: config.Config, ids: range | list[int] | None = None) -> tuple[Path, dict[int, Any]]:
+    path = write_cfg(run_dir, cfg)
+    ids = range(cfg.peers) if ids is None else ids
+    return path, {p: start_peer(run_dir, path, p) for p in ids}
+
+
+def wait_all(procs: dict[int, subprocess.Popen[str]], timeout: float = RUN_TIMEOUT_S) -> dict[int, int]:
+    deadline = time.monotonic() + timeout
+    codes = {}
+    try:
+        for p, proc in procs.items():
+            codes[p] = proc.wait(max(1.0, deadline - time.monotonic()))
+    finally:
+        kill_all(procs)
+    return codes
+
+
+def kill_all(procs: dict[int, subprocess.Popen[str]]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def events(run_dir: Path, peer_id: int) -> list[dict[str, Any]]:
+    path = run_dir / f"peer-{peer_id}.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # the line being written right now
+            pass
+    return out
+
+
+def wait_event(run_dir: Path, peer_id: int, name: str, timeout: float = 120, **fields: Any) -> dict[str, Any]:
+    """The first event ``name`` of peer ``peer_id`` whose fields match, waiting for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for e in events(run_dir, peer_id):
+            if e.get("event") == name and all(e.get(k) == v for k, v in fields.items()):
+                return e
+        time.sleep(0.1)
+    raise AssertionError(f"peer {peer_id} never logged {name} {fields} within {timeout}s")
+
+
+def wait_step(run_dir: Path, peer_id: int, epoch: int, timeout: float = 120) -> None:
+    """Wait until ``peer_id`` is training in ``epoch`` (its first epoch_end of the previous one)."""
+    if epoch > 0:
+        wait_event(run_dir, peer_id, "epoch_end", timeout, epoch=epoch - 1)
+
+
+def result(run_dir: Path, peer_id: int) -> dict[str, Any]:
+    return json.loads((run_dir / f"peer-{peer_id}.result.json").read_text())
+
+
+def sigstop(proc: subprocess.Popen[str]) -> None:
+    os.kill(proc.pid, signal.SIGSTOP)
+
+
+def sigcont(proc: subprocess.Popen[str]) -> None:
+    os.kill(proc.pid, signal.SIGCONT)
+
+
+_CLEAN: dict[str, dict[int, dict[str, Any]]] = {}
+
+
+def clean_run(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """The per-peer results of a fault-free swarm with ``BASE`` settings (run once, then cached)."""
+    if "base" not in _CLEAN:
+        cfg = make_cfg()
+        _, procs = start_swarm(run_dir, cfg)
+        assert wait_all(procs) == dict.fromkeys(range(PEERS), 0)
+        _CLEAN["base"] = {p: result(run_dir, p) for p in range(PEERS)}
+    return _CLEAN["base"]
+
+
+def mean_accuracy(results: dict[int, dict[str, Any]], ids: list[int] | None = None) -> float:
+    ids = list(results) if ids is None else ids
+    return sum(results[p]["test_accuracy"] for p in ids) / len(ids)

@@ -1,0 +1,231 @@
+"""Checkpoints: atomic files, corruption detected, weights_only loading, and an exact resume."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from gossip import checkpoint, config, wire
+from gossip.attacks import build_update
+from gossip.bench_robust import MemoryBridge, build_worker
+from gossip.checkpoint import Checkpointer
+from gossip.data import load_dataset
+from gossip.errors import CheckpointError
+from gossip.ledger import Ledger
+from gossip.partition import partition
+from gossip.worker import FINISHED
+
+
+def state(i: int) -> dict:
+    return {"format": checkpoint.FORMAT, "i": i, "t": torch.arange(5) * i}
+
+
+def test_save_keeps_the_newest_k_and_leaves_no_temp_files(tmp_path):
+    for epoch in range(1, 5):
+        checkpoint.save(tmp_path, epoch, 0, state(epoch), keep=2)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["ckpt-e0003-s000000.pt", "ckpt-e0004-s000000.pt"]
+    path, loaded = checkpoint.latest(tmp_path)
+    assert path.name == "ckpt-e0004-s000000.pt" and loaded["i"] == 4
+    assert torch.equal(loaded["t"], torch.arange(5) * 4)
+
+
+def test_mid_epoch_names_sort_in_training_order(tmp_path):
+    checkpoint.save(tmp_path, 2, 17, state(1), keep=5)
+    checkpoint.save(tmp_path, 2, 100, state(2), keep=5)
+    checkpoint.save(tmp_path, 10, 0, state(3), keep=5)
+    assert [p.name for p in checkpoint.listing(tmp_path)] == [
+        "ckpt-e0002-s000017.pt", "ckpt-e0002-s000100.pt", "ckpt-e0010-s000000.pt"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "garbage"])
+def test_a_damaged_checkpoint_is_detected_and_the_previous_one_used(tmp_path, damage):
+    checkpoint.save(tmp_path, 1, 0, state(1), keep=3)
+    newest = checkpoint.save(tmp_path, 2, 0, state(2), keep=3)
+    data = bytearray(newest.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        data[len(data) - 10] ^= 0x01  # one bit of tensor data: the zip container would not notice
+    elif damage == "empty":
+        data = bytearray()
+    else:
+        data = bytearray(b"not a checkpoint at all" * 10)
+    newest.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.load(newest)
+    assert str(newest) in str(err.value)
+    path, loaded = checkpoint.latest(tmp_path)
+    assert path.name == "ckpt-e0001-s000000.pt" and loaded["i"] == 1
+
+
+def test_all_checkpoints_damaged_is_one_clear_error(tmp_path):
+    p = checkpoint.save(tmp_path, 1, 0, state(1), keep=3)
+    p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="all 1 checkpoints .* are unreadable"):
+        checkpoint.latest(tmp_path)
+    assert checkpoint.latest(tmp_path / "missing") is None
+
+
+class Boom:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_loading_refuses_pickled_code(tmp_path, monkeypatch):
+    """A checkpoint with a valid checksum but a malicious pickle is refused (weights_only)."""
+    monkeypatch.chdir(tmp_path)
+    payload = pickle.dumps({"format": checkpoint.FORMAT, "x": Boom()})
+    import hashlib
+    data = checkpoint.MAGIC + hashlib.sha256(payload).digest() + payload
+    with pytest.raises(CheckpointError, match="unreadable payload"):
+        checkpoint.decode(data, "evil.pt")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_ledger_state_round_trips():
+    led = Ledger(0, 3, now=0.0)
+    for seq in (0, 1, 2, 5, 7):
+        led.first_time(1, seq)
+    led.first_time(2, 0)
+    copy = Ledger(0, 3, now=0.0)
+    checkpoint.load_ledger(copy, checkpoint.ledger_state(led))
+    assert not copy.first_time(1, 5) and not copy.first_time(1, 2) and copy.first_time(1, 3)
+    assert copy.views[2].floor == 1
+
+
+def test_seq_lease_is_persisted_ahead_and_only_used_on_resume(tmp_path):
+    cfg = config.load(None, [])
+    ck = Checkpointer(tmp_path, 3, cfg.checkpoint)
+    assert ck.leased == 0
+    ck.reserve(0)
+    assert ck.leased == checkpoint.SEQ_LEASE
+    for seq in range(1, checkpoint.SEQ_LEASE + 3):
+        ck.reserve(seq)
+    assert ck.leased == 2 * checkpoint.SEQ_LEASE
+    assert Checkpointer(tmp_path, 3, cfg.checkpoint, resume=True).leased == 2 * checkpoint.SEQ_LEASE
+    assert Checkpointer(tmp_path, 3, cfg.checkpoint).leased == 0  # a fresh run starts at 0
+
+
+# ---------------------------------------------------------------- exact resume of a real worker
+
+STEPS = 10  # batches per epoch
+
+
+@pytest.fixture(scope="module")
+def setup(data_root):
+    cfg = config.load(None, [
+        "peers=2", "model.name=mnist_tiny", f"data.limit_train={2 * 32 * STEPS}", "data.limit_test=200",
+        "train.epochs=3", "train.batch_size=32", "train.threads=1", "checkpoint.every_epochs=1",
+        "checkpoint.keep=5", "codec.density=0.05"])
+    dataset = load_dataset(cfg.data)
+    shards = partition(dataset.train.labels, cfg.peers, cfg.data, cfg.seed)
+    return cfg, dataset, shards
+
+
+class Neighbour(MemoryBridge):
+    """Feeds the worker a fixed neighbour update at every third global step, and can ask it to stop."""
+
+    def __init__(self, worker, stop_at=None):
+        super().__init__()
+        self.worker, self.stop_at = worker, stop_at
+        self.limits = wire.Limits(numel=worker.layout.numel, schema_hash=worker.layout.schema_hash,
+                                  max_bytes=1 << 26, peers=2)
+
+    def update(self, g):
+        rng = np.random.default_rng(g)
+        numel = self.worker.layout.numel
+        idx = np.sort(rng.choice(numel, 50, replace=False)).astype(np.int64)
+        msg = build_update(idx, rng.normal(0, 1e-3, 50).astype(np.float32), numel)
+        data = wire.pack_update(msg, node_id=1, seq=g // 3, step=g, epoch=0, confidence=0.5,
+                                schema_hash=self.worker.layout.schema_hash)
+        return wire.unpack(data, self.limits)
+
+    def drain(self, limit=10_000):
+        items = super().drain()
+        g = self.worker.progress.global_step
+        if g % 3 == 0:
+            items.append(self.update(g))  # repeated at the same step: the worker must fold it once
+        if self.stop_at is not None and g >= self.stop_at:
+            self.stop.set()
+        return items
+
+    def wait(self, timeout):
+        return MemoryBridge.drain(self) or [FINISHED]
+
+
+def make(setup, tmp_path, stop_at=None):
+    cfg, dataset, shards = setup
+    w = build_worker(cfg, 0, dataset, shards[0])
+    w.bridge = Neighbour(w, stop_at)
+    w.checkpointer = Checkpointer(tmp_path, 0, cfg.checkpoint)
+    return w
+
+
+def sent_updates(worker):
+    return {item[1]: item[2] for item in worker.bridge.sent if item[0] == "update"}
+
+
+def test_resume_from_a_mid_epoch_stop_is_bit_exact(setup, tmp_path):
+    straight = make(setup, tmp_path / "a")
+    out_a = straight.run()
+    assert straight.progress.applied_by_origin[1] == len({g // 3 for g in range(0, 3 * STEPS + 1, 3)})
+
+    first = make(setup, tmp_path / "b", stop_at=STEPS + 4)  # stops in epoch 1
+    assert first.run()["stopped"]
+    files = [p.name for p in checkpoint.listing(tmp_path / "b" / "checkpoints" / "peer-0")]
+    assert files == ["ckpt-e0001-s000000.pt", f"ckpt-e0001-s{5:06d}.pt"]
+
+    resumed = make(setup, tmp_path / "c")
+    _, st = checkpoint.latest(tmp_path / "b" / "checkpoints" / "peer-0")
+    resumed.start_epoch, resumed.start_step = checkpoint.restore(resumed, st)
+    assert (resumed.start_epoch, resumed.start_step) == (1, 5)
+    out_c = resumed.run()
+
+    assert torch.equal(straight.trainer.flat, resumed.trainer.flat)  # model, optimizer, data, RNG, residual
+    assert torch.equal(straight.feedback.residual, resumed.feedback.residual)
+    assert straight.seq == resumed.seq
+    assert out_a["test_accuracy"] == out_c["test_accuracy"]
+    a, b, c = sent_updates(straight), sent_updates(first), sent_updates(resumed)
+    assert set(b) | set(c) == set(a) and not set(b) & set(c)  # no sequence number reused or skipped
+    assert all(a[s] == c[s] for s in c)  # the very same bytes on the wire after the resume
+    assert resumed.progress.applied_by_origin == straight.progress.applied_by_origin  # nothing folded twice
+
+
+def test_resume_from_an_epoch_checkpoint_is_bit_exact(setup, tmp_path):
+    straight = make(setup, tmp_path / "a")
+    straight.run()
+    resumed = make(setup, tmp_path / "b")
+    path = tmp_path / "a" / "checkpoints" / "peer-0" / "ckpt-e0002-s000000.pt"
+    resumed.start_epoch, resumed.start_step = checkpoint.restore(resumed, checkpoint.load(path))
+    resumed.run()
+    assert torch.equal(straight.trainer.flat, resumed.trainer.flat)
+    def timeless(history):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+    assert timeless(straight.progress.history) == timeless(resumed.progress.history)
+
+
+def test_restore_refuses_another_peer_or_model(setup, tmp_path):
+    w = make(setup, tmp_path)
+    st = checkpoint.capture(w, 0, 0)
+    other = make(setup, tmp_path)
+    other.peer_id = 1
+    with pytest.raises(CheckpointError, match="peer 0, not of peer 1"):
+        checkpoint.restore(other, st)
+    st["schema_hash"] ^= 1
+    with pytest.raises(CheckpointError, match="different model"):
+        checkpoint.restore(w, st)
+
+
+def test_seq_fill_updates_are_valid_and_empty(setup, tmp_path):
+    w = make(setup, tmp_path)
+    before = w.trainer.flat.clone()
+    assert w.fill_seq_gap(5) == 5 and w.seq == 5
+    for _, seq, data, reason in w.bridge.sent:
+        u = wire.unpack(data, w.bridge.limits)
+        assert reason == "seq_fill" and u.values.numel() == 0 and u.indices.numel() == 0
+    assert torch.equal(before, w.trainer.flat)
