@@ -53,6 +53,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return events
 
 
+def _latest_run(events: list[dict[str, Any]], first: str) -> list[dict[str, Any]]:
+    """The events from the last ``first`` on: a run folder used twice has both runs appended."""
+    starts = [i for i, e in enumerate(events) if e.get("event") == first]
+    return events[starts[-1]:] if starts else events
+
+
 def _last(events: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     found = [e for e in events if e.get("event") == name]
     return found[-1] if found else None
@@ -84,7 +90,7 @@ def _describe(cfg: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- one run folder
 def load_swarm(run_dir: Path) -> Arm:
     logs = sorted(run_dir.glob("peer-*.jsonl"), key=lambda p: int(p.stem.split("-")[1]))
-    peers = [read_jsonl(p) for p in logs]
+    peers = [_latest_run(read_jsonl(p), "config_resolved") for p in logs]
     if not peers:
         raise DataError(f"{run_dir}: no peer-<id>.jsonl logs")
     resolved = next((r for ev in peers if (r := _last(ev, "config_resolved"))), None)
@@ -117,7 +123,8 @@ def load_swarm(run_dir: Path) -> Arm:
     done = [r for r in results if r is not None]
     sent = sum(r.get("bytes_sent", 0) for r in done)
     dense = sum(r.get("dense_equivalent_bytes", 0) for r in done)
-    launch = read_jsonl(run_dir / "launch.jsonl") if (run_dir / "launch.jsonl").is_file() else []
+    launch = (_latest_run(read_jsonl(run_dir / "launch.jsonl"), "launch_start")
+              if (run_dir / "launch.jsonl").is_file() else [])
     start, end = _last(launch, "launch_start"), _last(launch, "launch_end")
     n_epochs = cfg.get("train", {}).get("epochs") or max(1, len(curve))
     accs = [f.get("test_accuracy") for f in finals if f is not None and f.get("test_accuracy") is not None]
@@ -170,7 +177,7 @@ def _send_rate(run_dir: Path, curve: list[dict[str, Any]], sent_by_epoch: dict[i
 
 
 def load_centralized(run_dir: Path) -> Arm:
-    ev = read_jsonl(run_dir / "baseline.jsonl")
+    ev = _latest_run(read_jsonl(run_dir / "baseline.jsonl"), "config_resolved")
     resolved, start, done = _last(ev, "config_resolved"), _last(ev, "baseline_start") or {}, _last(ev, "baseline_done")
     cfg = resolved["config"] if resolved else {}
     curve, total = [], 0.0

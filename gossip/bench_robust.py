@@ -47,7 +47,7 @@ POLICIES = ("uniform", "clip", "trimmed_mean", "median", "centered_clip")
 TARGET_ACCURACY = 0.97
 TARGET_COST_PTS = 0.5
 DEFAULTS = [  # sized for ~25 s a cell on 2 CPU cores; every one can be overridden on the command line
-    "model.name=mnist_tiny", "peers=8", "train.epochs=1", "train.batch_size=32", "train.lr=0.02",
+    "model.name=mnist_tiny", "peers=8", "train.epochs=1", "train.batch_size=32", "train.lr=0.01",
     "data.limit_train=24000", "data.limit_test=5000", "communication.trim_ratio=0.3",
 ]
 
@@ -132,7 +132,7 @@ class LockstepSwarm:
             w.fold_in(w.bridge.drain())
             if hasattr(w.policy, "flush"):
                 with torch.no_grad():
-                    w.policy.flush(w.trainer.flat)
+                    w.policy.flush(w.trainer.flat, weight=w.mix)
             accuracy = None
             if w.attack is None:  # attackers' own models are not what is measured
                 key = hashlib.sha1(w.trainer.flat.numpy().tobytes()).digest()

@@ -77,6 +77,11 @@ class CommunicationConfig:
     clip_norm: float = field(default=0.0, metadata=_range(0.0))  # robust options; 0: derived
     trim_ratio: float = field(default=0.25, metadata=_range(0.0, 0.5))
     final_flush: bool = True  # send the leftover error-feedback residual at the end
+    # "local": a peer keeps its own full steps, so its model is the swarm's average plus its own
+    # unsent residual (local SGD with compressed averaging). "exact": a peer's model moves only by
+    # compressed updates, so every model is the same up to in-flight messages (DGC-style); it
+    # trained worse in our MNIST runs (README, "Consensus").
+    consensus: Literal["exact", "local"] = "local"
 
 
 @dataclass(frozen=True)

@@ -478,6 +478,7 @@ class Peer:
             "peers_down": self.ledger.down(), "wall_s": round(time.monotonic() - self.t_start, 3),
             "applied_by_origin": {str(k): v for k, v in sorted(p.applied_by_origin.items())},
             "updates_lost": self.updates_lost, "skipped_before_state": self.skipped_before_state,
+            "inbox_resets": self.transport.inbox_resets,
             "state_from": self.state_from,
         }
         path = self.run_dir / f"peer-{self.peer_id}.result.json"

@@ -106,6 +106,12 @@ def answer(rows: list[dict[str, Any]], tolerance_pts: float) -> str:
                 f"{_pct(together[best])}% (tolerance {tolerance_pts:g} points).")
     else:
         text = f"No: {who}, more than the {tolerance_pts:g}-point tolerance."
+    small = by_role.get("small")
+    if small is not None and small is not ref and small["accuracy_mean"] is not None:
+        size_gap = 100 * (ref["accuracy_mean"] - small["accuracy_mean"])
+        text += (f" Trained centrally, {small['model']} itself reaches {_pct(small['accuracy_mean'])}%: "
+                 f"{size_gap:.2f} points of the gap come from the smaller model, {gap - size_gap:.2f} from "
+                 "training it as a swarm.")
     noise = [r["accuracy_seed_std"] for r in (swarm, ref) if r["accuracy_seed_std"] is not None]
     if noise and abs(gap) <= 2 * 100 * max(noise):
         text += f" The gap is within twice the seed-to-seed spread ({100 * max(noise):.2f} points): it is noise."
@@ -113,6 +119,9 @@ def answer(rows: list[dict[str, Any]], tolerance_pts: float) -> str:
         text += " Together the peers score " + " and ".join(
             f"{_pct(v)}% as {'an ensemble vote' if k == 'ensemble' else 'a consensus model'}"
             for k, v in together.items()) + "."
+        if swarm.get("agreement_mean") is not None:
+            text = text[:-1] + (f" (the peers predict the same class on {100 * swarm['agreement_mean']:.1f}% of "
+                                "the test samples).")
     if swarm["mb_per_epoch"] is not None:
         comp = f" ({swarm['compression_ratio']:.0f}x less than dense updates)" if swarm["compression_ratio"] else ""
         text += (f" The swarm sent {swarm['mb_per_epoch']:.2f} MB per epoch{comp} and ran {_num(swarm['wall_s'], '.0f')} s"
@@ -160,9 +169,10 @@ def plot_all(arms: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path) 
         last = max((c["epoch"] for a in groups.get(r["group"], []) for c in a["curve"]), default=None)
         if r["role"] != "swarm" or last is None:
             continue
-        for key, marker in (("ensemble", "*"), ("consensus", "D")):
+        for key, marker, dx in (("ensemble", "*", 0.03), ("consensus", "D", 0.06)):  # dx: both stay visible
             if r.get(f"{key}_mean") is not None:
-                ax.scatter([last], [100 * r[f"{key}_mean"]], marker=marker, s=90, zorder=5, label=f"{r['arm']} {key}")
+                ax.scatter([last + dx], [100 * r[f"{key}_mean"]], marker=marker, s=90, zorder=5,
+                           label=f"{r['arm']} {key}")
     ax.set(xlabel="epoch", ylabel="test accuracy %", title=PLOTS["accuracy_vs_epoch"])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
@@ -245,9 +255,11 @@ def write(out: Path, run: dict[str, Any], summary: dict[str, Any], settings: dic
           "Accuracy: final test accuracy on the whole test split (swarm: every peer's own model). "
           "Ensemble: confidence-weighted vote of the peers' softmax outputs (each peer weighted per sample "
           "by its max-softmax probability). Consensus: the peers' parameters (and BatchNorm statistics) "
-          "averaged into one model. MB/epoch: wire bytes of all peers per epoch. Wall: whole run. "
-          "See gossip/report.py for every definition.", ""]
-    md += ["## Plots", ""] + [f"![{PLOTS[p[:-4]]}]({p})" for p in plots] + [""]
+          "averaged into one model. MB/epoch: wire bytes of all peers per epoch. Wall: whole run, start-up "
+          "included. Time to target: training seconds until the end of the first epoch whose (mean) test "
+          "accuracy reaches it (swarm epochs before the last are scored on the first 2000 test samples). "
+          "Compression: dense fp32 bytes of the same updates / wire bytes. See gossip/report.py.", ""]
+    md += ["## Plots", ""] + [line for p in plots for line in (f"![{PLOTS[p[:-4]]}]({p})", "")]
     md += ["## Arms", "", "| arm | seed | folder | complete |", "|---|---|---|---|"]
     md += [f"| {a['group']} | {a['seed']} | {Path(a['dir']).name} | {'yes' if a['complete'] else 'no'} |"
            for a in run["arms"]]

@@ -1,51 +1,52 @@
 """Robust aggregation: fold neighbours' updates so that a few lying peers cannot wreck the model.
 
-``communication.aggregation`` = ``clip`` | ``trimmed_mean`` | ``median`` | ``centered_clip``
-(registered in :data:`gossip.aggregate.POLICIES` when this module is imported).
+``communication.aggregation`` = ``clip`` | ``centered_clip`` | ``trimmed_mean`` | ``median``
+(registered in :data:`gossip.aggregate.POLICIES` when this module is imported). Each replaces
+plain gossip's ``flat += Σ updates`` by a version whose result a minority of liars can only
+bend by a bounded amount. Measured with ``python -m gossip.bench robust``.
 
-Semantics over sparse, asynchronous updates (the same for all four):
+Per-update policies (applied on arrival, no added delay):
 
-* **Windows.** Updates are buffered and folded in once per window of
-  ``communication.sync_interval`` local steps — the trigger guarantees that every honest
-  sender. At the end of training whatever is buffered is folded in by
-  :meth:`Windowed.flush`; a checkpoint holds the buffer (:meth:`Windowed.state_dict`).
-* **Rows.** In a window, each sender's updates are summed into one *row* over the union
-  ``U`` of all indices in the window; a sender that did not touch an element contributes
-  0 there (it has not moved that element in this window). ``n`` is the number of
-  senders expected: the most distinct senders seen in any of the last
-  ``EXPECT_WINDOWS`` windows; senders missing from this window are rows of zeros.
-* **Sum semantics.** Plain gossip adds every row (``Σ rows``, see :mod:`gossip.aggregate`).
-  A robust policy adds ``n × robust_mean(rows)`` instead, which equals ``Σ rows`` when
-  nothing is clipped or trimmed. So without attackers a robust policy changes little,
-  except where it trims honest outliers (the price measured by ``python -m gossip.bench
-  robust``).
+* ``clip`` — an update's norm is capped at τ = ``clip_norm`` if set, else ``CLIP_FACTOR`` ×
+  the median over senders of each sender's median recent norm (the last ``NORM_HISTORY``
+  updates of each). A minority of liars cannot move that median, so each of their updates
+  counts at most as much as a typical honest one.
+* ``centered_clip`` — (Karimireddy et al., 2021, per update): the update ``x`` on its
+  elements ``S`` is replaced by ``ref[S] + clip(x - ref[S], τ)``, where ``ref`` is a running
+  per-element average of the accepted values (entries older than ``STALE_STEPS`` local steps
+  count as 0) and τ = ``clip_norm`` or ``CC_FACTOR`` × the median of the recent deviations.
+  An honest update close to what the swarm has been sending passes unchanged; a flipped,
+  noisy or inflated one is pulled back to the reference.
 
-Policies (``robust_mean`` above):
+Windowed policies (coordinate-wise statistics need one value per sender):
 
-* ``clip`` — each row scaled to norm at most τ, then summed. τ = ``clip_norm`` if set,
-  else ``CLIP_FACTOR`` × the median row norm of the window (a minority of liars cannot
-  move the median). Bounds each liar's harm to one honest-sized step per window.
-* ``trimmed_mean`` — coordinate-wise: drop the ``⌊trim_ratio × n⌋`` largest and smallest
-  values of every element, average the rest. Set ``trim_ratio ≥ attackers / n``. Sparse
-  updates rarely overlap, and an element only one sender touched is trimmed away, so this
-  loses honest signal (more the sparser the codec).
-* ``median`` — coordinate-wise median (mean of the two middle values for even ``n``).
-  Most robust per element, most lossy for sparse updates (needs a majority to touch an
-  element).
-* ``centered_clip`` — Karimireddy et al. (2021): start at the coordinate-wise median ``v``,
-  then ``CC_ITERATIONS`` times ``v += mean_i((x_i - v) · min(1, τ / ‖x_i - v‖))`` with
-  τ = ``clip_norm`` or ``CC_FACTOR`` × the median distance to the start. Mean-like for
-  honest rows (keeps sparse signal), bounded pull for outliers.
+* Updates are buffered per sender until every sender seen so far has contributed, or the
+  window is ``communication.sync_interval`` local steps old (the trigger makes every honest
+  peer send at least that often). In a window each sender's updates are summed into one
+  *row* over the union ``U`` of their elements; a sender that did not touch an element
+  contributes 0 there. A window with fewer rows than a majority of the known senders is
+  padded with zero rows, so a lone liar in a window cannot pass on its own.
+* ``trimmed_mean`` — per element, drop the ``⌊trim_ratio × rows⌋`` largest and smallest values
+  and average the rest; ``median`` — per element median (mean of the two middle values for an
+  even count). The window adds ``rows × statistic``, which equals ``Σ rows`` when nothing is
+  trimmed. Set ``trim_ratio ≥ attackers / n``. Both lose honest signal on sparse updates (an
+  element only one sender touched is trimmed away) and add up to a window of delay.
+
+Final updates (the dense residual flush at the end) are always windowed: they are held until
+every known sender's final is in (or the end of training) and then treated like one window —
+``clip``/``centered_clip`` scale whole rows against the median row (distance) there.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from gossip import aggregate
 from gossip.aggregate import POLICIES, Local
 from gossip.config import CommunicationConfig
 from gossip.log import get_logger
@@ -53,10 +54,13 @@ from gossip.wire import DecodedUpdate
 
 log = get_logger(__name__)
 
-EXPECT_WINDOWS = 8   # n = most distinct senders seen in any of the last this-many windows
-CLIP_FACTOR = 1.0    # clip: τ = this × the median row norm of the window
-CC_FACTOR = 1.0      # centered_clip: τ = this × the median distance of the rows to the start
-CC_ITERATIONS = 3
+NORM_HISTORY = 8     # clip: recent norms remembered per sender
+DEV_HISTORY = 64     # centered_clip: recent deviation norms remembered (all senders)
+CLIP_FACTOR = 1.5    # clip: τ = this × the median honest-looking norm
+CC_FACTOR = 1.5      # centered_clip: τ = this × the median recent deviation
+CC_ITERATIONS = 3    # centered_clip over a window of final updates
+CC_REF_WEIGHT = 0.5  # centered_clip: weight of a new accepted value in the running reference
+STALE_STEPS = 20     # centered_clip: reference entries older than this many local steps count as 0
 
 
 def _median_rows(rows: torch.Tensor) -> torch.Tensor:
@@ -68,55 +72,80 @@ def _median_rows(rows: torch.Tensor) -> torch.Tensor:
     return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
 
 
-class Windowed:
-    """Buffers updates per sender for one window, then folds ``combine(rows)`` into the model."""
+def _update_state(u: DecodedUpdate) -> dict[str, Any]:
+    return {"node_id": u.node_id, "seq": u.seq, "step": u.step, "epoch": u.epoch, "confidence": u.confidence,
+            "final": u.final, "indices": u.indices, "values": u.values, "wire_bytes": u.wire_bytes}
 
-    name = "windowed"
+
+class Windowed:
+    """Buffers updates per sender for one window, then folds ``combine(rows)`` into the model.
+
+    Subclasses that set ``per_update`` apply non-final updates on arrival (``apply_one``)
+    and only window the finals.
+    """
+
+    per_update = False
 
     def __init__(self, cfg: CommunicationConfig) -> None:
         self.cfg = cfg
-        self.window_steps = cfg.sync_interval
+        self.max_age = cfg.sync_interval
         self.buffer: dict[int, list[DecodedUpdate]] = {}
         self.opened_at: int | None = None
-        self.recent_senders: deque[int] = deque(maxlen=EXPECT_WINDOWS)
-        self.stats = {"windows": 0, "rows": 0, "rows_limited": 0}
+        self.known: set[int] = set()  # every sender seen so far
+        self.weight = 1.0  # the runtime's mixing weight per update (1/peers under "exact" consensus)
+        self.stats = {"windows": 0, "rows": 0, "limited": 0}
 
-    # a Policy for code that only asks for weights: everything at 1 (not robust); the
-    # worker calls fold() instead
+    # code that only asks a Policy for weights gets plain gossip; the worker calls fold()
     def weights(self, updates: Sequence[DecodedUpdate], local: Local) -> list[float | None]:
         return [1.0] * len(updates)
 
-    def fold(self, flat: torch.Tensor, updates: Sequence[DecodedUpdate], local: Local) -> int:
-        """Buffer ``updates``; close the window when it is ``sync_interval`` steps old. Returns rows folded."""
+    def fold(self, flat: torch.Tensor, updates: Sequence[DecodedUpdate], local: Local, weight: float = 1.0) -> int:
+        """Apply or buffer ``updates`` (``weight``: what plain gossip would multiply each by);
+        close the window when due. Returns the rows folded now."""
+        self.weight = weight
         for u in updates:
+            self.known.add(u.node_id)
+            if self.per_update and not u.final:
+                self.apply_one(flat, u, local)
+                continue
             self.buffer.setdefault(u.node_id, []).append(u)
             if self.opened_at is None:
                 self.opened_at = local.step
-        if self.opened_at is not None and local.step - self.opened_at >= self.window_steps:
+        if self.buffer and self._due(local):
             return self.flush(flat)
         return 0
 
-    def flush(self, flat: torch.Tensor) -> int:
-        """Fold in everything buffered now (end of training, or a window that is due)."""
+    def _due(self, local: Local) -> bool:
+        if self.per_update:  # only finals are buffered: wait for every known sender's
+            finals = {s for s, us in self.buffer.items() if any(u.final for u in us)}
+            return finals >= self.known
+        assert self.opened_at is not None
+        return len(self.buffer) >= len(self.known) or local.step - self.opened_at >= self.max_age
+
+    def quorum(self) -> int:
+        return len(self.known) // 2 + 1
+
+    def apply_one(self, flat: torch.Tensor, u: DecodedUpdate, local: Local) -> None:
+        raise NotImplementedError
+
+    def flush(self, flat: torch.Tensor, weight: float | None = None) -> int:
+        """Fold in everything buffered now (a window that is due, or the end of training)."""
+        if weight is not None:
+            self.weight = weight
         if not self.buffer:
-            self.opened_at = None
             return 0
         senders = sorted(self.buffer)
-        self.recent_senders.append(len(senders))
-        n = max(self.recent_senders)
-        index_lists = []
-        for s in senders:
-            for u in self.buffer[s]:
-                index_lists.append(torch.arange(flat.numel()) if u.indices is None else u.indices)
+        ups = [u for s in senders for u in self.buffer[s]]
+        index_lists = [torch.arange(flat.numel()) if u.indices is None else u.indices for u in ups]
         union, inverse = torch.unique(torch.cat(index_lists), return_inverse=True)
-        rows = torch.zeros(n, union.numel(), dtype=torch.float32)
+        rows = torch.zeros(max(len(senders), self.quorum()), union.numel(), dtype=torch.float32)
         pos = 0
         for r, s in enumerate(senders):
             for u in self.buffer[s]:
                 k = u.values.numel()
                 rows[r].index_add_(0, inverse[pos:pos + k], u.values.float())
                 pos += k
-        delta = self.combine(rows, len(senders))
+        delta = self.combine(rows, len(senders)) * self.weight
         if union.numel() == flat.numel():
             flat.add_(delta.to(flat.device))
         else:
@@ -128,77 +157,129 @@ class Windowed:
         return len(senders)
 
     def combine(self, rows: torch.Tensor, present: int) -> torch.Tensor:
-        """What to add to the model over the union: rows[:present] are senders, the rest zeros."""
+        """What to add over the union: rows[:present] are senders, any further rows are zeros."""
         raise NotImplementedError
 
     # ---- checkpoints (weights_only-safe: tensors and plain values)
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "opened_at": self.opened_at, "recent_senders": list(self.recent_senders), "stats": dict(self.stats),
-            "buffer": [{"node_id": u.node_id, "seq": u.seq, "step": u.step, "epoch": u.epoch,
-                        "confidence": u.confidence, "final": u.final, "indices": u.indices,
-                        "values": u.values, "wire_bytes": u.wire_bytes}
-                       for s in sorted(self.buffer) for u in self.buffer[s]],
-        }
+        return {"opened_at": self.opened_at, "known": sorted(self.known), "stats": dict(self.stats),
+                "weight": self.weight,
+                "buffer": [_update_state(u) for s in sorted(self.buffer) for u in self.buffer[s]]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opened_at = state["opened_at"]
-        self.recent_senders = deque(state["recent_senders"], maxlen=EXPECT_WINDOWS)
+        self.weight = float(state.get("weight", 1.0))
+        self.known = set(state["known"])
         self.stats = dict(state["stats"])
         self.buffer = {}
         for d in state["buffer"]:
             self.buffer.setdefault(int(d["node_id"]), []).append(DecodedUpdate(**d))
 
 
+def _scale_rows(rows: torch.Tensor, tau: float) -> tuple[torch.Tensor, int]:
+    norms = rows.norm(dim=1)
+    scale = (tau / norms.clamp_min(1e-12)).clamp(max=1.0)
+    return rows * scale[:, None], int((scale < 1.0).sum())
+
+
 class NormClip(Windowed):
-    name = "clip"
+    per_update = True
+
+    def __init__(self, cfg: CommunicationConfig) -> None:
+        super().__init__(cfg)
+        self.norms: dict[int, deque[float]] = {}
+
+    def apply_one(self, flat: torch.Tensor, u: DecodedUpdate, local: Local) -> None:
+        norm = float(u.values.norm())
+        self.norms.setdefault(u.node_id, deque(maxlen=NORM_HISTORY)).append(norm)
+        if self.cfg.clip_norm > 0:
+            tau = self.cfg.clip_norm
+        else:
+            tau = CLIP_FACTOR * statistics.median(statistics.median(h) for h in self.norms.values())
+        scale = min(1.0, tau / norm) if norm > 0 else 1.0
+        self.stats["limited"] += scale < 1.0
+        aggregate.apply(flat, u, scale * self.weight)
 
     def combine(self, rows: torch.Tensor, present: int) -> torch.Tensor:
         norms = rows[:present].norm(dim=1)
         tau = self.cfg.clip_norm if self.cfg.clip_norm > 0 else CLIP_FACTOR * float(norms.median())
-        scale = (tau / norms.clamp_min(1e-12)).clamp(max=1.0)
-        self.stats["rows_limited"] += int((scale < 1.0).sum())
-        return (rows[:present] * scale[:, None]).sum(dim=0)
+        clipped, limited = _scale_rows(rows[:present], tau)
+        self.stats["limited"] += limited
+        return clipped.sum(dim=0)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "norms": {s: list(h) for s, h in self.norms.items()}}
 
-class TrimmedMean(Windowed):
-    name = "trimmed_mean"
-
-    def combine(self, rows: torch.Tensor, present: int) -> torch.Tensor:
-        n = rows.shape[0]
-        b = min(int(self.cfg.trim_ratio * n), (n - 1) // 2)
-        ordered = rows.sort(dim=0).values
-        self.stats["rows_limited"] += 2 * b
-        return ordered[b:n - b].mean(dim=0) * n
-
-
-class Median(Windowed):
-    name = "median"
-
-    def combine(self, rows: torch.Tensor, present: int) -> torch.Tensor:
-        return _median_rows(rows) * rows.shape[0]
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.norms = {int(s): deque(h, maxlen=NORM_HISTORY) for s, h in state["norms"].items()}
 
 
 class CenteredClip(Windowed):
-    name = "centered_clip"
+    per_update = True
+
+    def __init__(self, cfg: CommunicationConfig) -> None:
+        super().__init__(cfg)
+        self.ref: torch.Tensor | None = None       # running per-element reference update
+        self.ref_step: torch.Tensor | None = None  # local step each entry was last refreshed
+        self.devs: deque[float] = deque(maxlen=DEV_HISTORY)
+
+    def apply_one(self, flat: torch.Tensor, u: DecodedUpdate, local: Local) -> None:
+        if self.ref is None or self.ref_step is None:
+            self.ref = torch.zeros(flat.numel())
+            self.ref_step = torch.full((flat.numel(),), -(10**9), dtype=torch.int64)
+        idx = torch.arange(flat.numel()) if u.indices is None else u.indices
+        fresh = self.ref_step[idx] >= local.step - STALE_STEPS
+        center = torch.where(fresh, self.ref[idx], torch.zeros(()))
+        dev = u.values.float() - center
+        dist = float(dev.norm())
+        self.devs.append(dist)
+        tau = self.cfg.clip_norm if self.cfg.clip_norm > 0 else CC_FACTOR * statistics.median(self.devs)
+        if dist > tau:
+            dev = dev * (tau / dist)
+            self.stats["limited"] += 1
+        accepted = center + dev
+        flat.index_add_(0, idx.to(flat.device), (accepted * self.weight).to(flat.device))
+        self.ref[idx] = (1 - CC_REF_WEIGHT) * center + CC_REF_WEIGHT * accepted
+        self.ref_step[idx] = local.step
 
     def combine(self, rows: torch.Tensor, present: int) -> torch.Tensor:
         v = _median_rows(rows)
         dist = (rows - v).norm(dim=1)
         tau = self.cfg.clip_norm if self.cfg.clip_norm > 0 else CC_FACTOR * float(dist.median())
-        if tau <= 0:  # a majority of identical rows (e.g. all zeros): the median is the answer
+        if tau <= 0:  # a majority of identical rows: the median is the answer
             return v * rows.shape[0]
         for _ in range(CC_ITERATIONS):
-            dev = rows - v
-            scale = (tau / dev.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
-            v = v + (dev * scale[:, None]).mean(dim=0)
-        self.stats["rows_limited"] += int((scale < 1.0).sum())
+            clipped, limited = _scale_rows(rows - v, tau)
+            v = v + clipped.mean(dim=0)
+        self.stats["limited"] += limited
         return v * rows.shape[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "ref": self.ref, "ref_step": self.ref_step, "devs": list(self.devs)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.ref, self.ref_step = state["ref"], state["ref_step"]
+        self.devs = deque(state["devs"], maxlen=DEV_HISTORY)
+
+
+class TrimmedMean(Windowed):
+    def combine(self, rows: torch.Tensor, present: int) -> torch.Tensor:
+        n = rows.shape[0]
+        b = min(int(self.cfg.trim_ratio * n), (n - 1) // 2)
+        self.stats["limited"] += 2 * b
+        return rows.sort(dim=0).values[b:n - b].mean(dim=0) * n
+
+
+class Median(Windowed):
+    def combine(self, rows: torch.Tensor, present: int) -> torch.Tensor:
+        return _median_rows(rows) * rows.shape[0]
 
 
 POLICIES.update({
     "clip": NormClip,
+    "centered_clip": CenteredClip,
     "trimmed_mean": TrimmedMean,
     "median": Median,
-    "centered_clip": CenteredClip,
 })

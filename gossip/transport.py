@@ -99,6 +99,7 @@ class Transport:
         self._rng = random.Random(cfg.seed * 7919 + peer_id)
         self._tasks: list[asyncio.Task[None]] = []
         self.inbox: zmq.asyncio.Socket | None = None
+        self.inbox_resets = 0  # inbox connections cut: a frame over max_message_bytes, or a peer gone
 
     # ------------------------------------------------------------ startup
     async def start(self) -> None:
@@ -120,6 +121,8 @@ class Transport:
                 "(another peer with this id running? change topology.base_port)"
             ) from None
         self.inbox = inbox
+        monitor = inbox.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._tasks.append(asyncio.create_task(self._watch_inbox(monitor), name="inbox-monitor"))
         bits = parse_bandwidth(self.cfg.link.bandwidth)
         for nbr in self.neighbours:
             sock = self.ctx.socket(zmq.DEALER)
@@ -189,6 +192,15 @@ class Transport:
             link.held = None
         return out
 
+    async def _watch_inbox(self, monitor: zmq.asyncio.Socket) -> None:
+        """Count cut inbox connections (ZeroMQ drops an oversized frame's sender before we see a byte)."""
+        try:
+            while True:
+                await monitor.recv_multipart()
+                self.inbox_resets += 1
+        finally:
+            monitor.close(0)
+
     # ------------------------------------------------------------ receiving
     async def recv(self) -> tuple[int | None, list[bytes]]:
         """The next message: (neighbour id or None for an unknown sender, payload frames)."""
@@ -237,6 +249,7 @@ class Transport:
         for link in self.links.values():
             link.socket.close()
         if self.inbox is not None:
+            self.inbox.disable_monitor()
             self.inbox.close(0)
         self.ctx.term()
         log.info("transport_closed", address=topology.inbox_address(self.cfg, self.peer_id))

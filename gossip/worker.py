@@ -5,10 +5,14 @@ Per batch, in this order:
 1. **fold in** every neighbour update the loop has decoded since the last batch
    (``aggregate`` policy weights, then ``flat += w × delta``);
 2. **train**: one local optimizer step on this peer's shard;
-3. **accumulate**: the step's own parameter delta goes into the error-feedback residual —
-   this peer already applied it to itself, its neighbours have not seen it yet;
+3. **accumulate**: the step's parameter delta goes into the error-feedback residual. Under
+   ``communication.consensus: local`` (default) the peer keeps its own step, so its model is
+   the swarm's average plus its own unsent residual. Under ``exact`` the step is undone: the
+   model moves only by compressed updates, so every peer holds the same model up to in-flight
+   messages (as in Deep Gradient Compression);
 4. **trigger**: when a sync trigger fires, the codec compresses the residual (subtracting
-   exactly what it sends) and the packed bytes go to the loop.
+   exactly what it sends); under ``exact`` the peer applies the decoded bytes to itself, and
+   the bytes go to the loop for the neighbours.
 
 At the end: a last ``final`` update flushes the residual, ``done`` tells the loop the last
 sequence number, and the thread keeps folding in updates until the loop says everything from
@@ -81,6 +85,13 @@ class Worker:
         self.policy = aggregate.make_policy(cfg.communication)
         self.progress = Progress()
         self.start_epoch = start_epoch
+        self.exact = cfg.communication.consensus == "exact"
+        # Every delta counts 1/N on every model, so the swarm follows the *average* of its peers'
+        # steps (a peer's own unsent residual is the exception under "local" consensus).
+        self.mix = 1.0 / cfg.peers
+        self.own_weight = self.mix if self.exact else self.mix - 1.0
+        self.limits = wire.Limits(numel=layout.numel, schema_hash=layout.schema_hash,
+                                  max_bytes=cfg.security.max_message_bytes, peers=cfg.peers)
         self.start_step = 0  # batches of start_epoch already done (a resumed mid-epoch checkpoint)
         self.seq = 0
         self.stopped = False
@@ -118,6 +129,8 @@ class Worker:
         self._prev.copy_(tr.flat)
         stats = tr.step(x, y)
         torch.sub(tr.flat, self._prev, out=self._delta)
+        if self.exact:  # the model moves only by what is sent (see send_update)
+            tr.flat.copy_(self._prev)
         self.feedback.add(self._delta)
         p = self.progress
         p.step, p.global_step = step + 1, p.global_step + 1
@@ -137,7 +150,7 @@ class Worker:
         local = aggregate.Local(step=self.progress.global_step, confidence=self.progress.confidence)
         if hasattr(self.policy, "fold"):  # robust policies buffer and rewrite values (gossip.robust)
             with torch.no_grad():
-                self.policy.fold(self.trainer.flat, updates, local)  # also closes a window by age
+                self.policy.fold(self.trainer.flat, updates, local, weight=self.mix)  # may close a window
             self.progress.updates_applied += len(updates)
             return finished
         if not updates:
@@ -147,7 +160,7 @@ class Worker:
                 if weight is None:
                     self._count_rejected(update)
                     continue
-                aggregate.apply(self.trainer.flat, update, weight)
+                aggregate.apply(self.trainer.flat, update, weight * self.mix)
                 self.progress.updates_applied += 1
         return finished
 
@@ -166,8 +179,8 @@ class Worker:
 
     def answer_state(self, requester: int) -> None:
         """Send ``requester`` what this peer has published: ``flat - residual`` (see gossip.node)."""
-        with torch.no_grad():
-            public = self.trainer.flat - self.feedback.residual
+        with torch.no_grad():  # under "exact" consensus the model holds no unsent residual
+            public = self.trainer.flat.clone() if self.exact else self.trainer.flat - self.feedback.residual
         chunks = wire.pack_state_chunks(public, node_id=self.peer_id, seq=self.seq - 1,
                                         step=self.progress.global_step, epoch=self.progress.epoch,
                                         schema_hash=self.layout.schema_hash)
@@ -198,17 +211,23 @@ class Worker:
         update = (self.encoder.encode(self.feedback, density=1.0, values=flush_values) if final
                   else self.encoder.encode(self.feedback))
         step, confidence = self.progress.global_step, min(1.0, max(0.0, self.progress.confidence))
-        if self.attack is not None:  # a simulated hostile peer (security.attack): lie on the wire
+        honest = None
+        if self.attack is not None:  # a simulated hostile peer (security.attack): lie on the wire,
+            honest = update            # but keep its own model honest (gossip.attacks)
             update, step, confidence = self.attack.forge(update, step=step, confidence=confidence)
-        self._send(update, reason, final=final, step=step, confidence=confidence)
+        self._send(update, reason, final=final, step=step, confidence=confidence, honest=honest)
 
-    def _send(self, update: pb.GradUpdate, reason: str, *, final: bool, step: int, confidence: float) -> None:
+    def _send(self, update: pb.GradUpdate, reason: str, *, final: bool, step: int, confidence: float,
+              honest: pb.GradUpdate | None = None) -> None:
         if self.checkpointer is not None:
             self.checkpointer.reserve(self.seq)  # never reuse a seq after a crash (gossip.checkpoint)
-        data = wire.pack_update(
-            update, node_id=self.peer_id, seq=self.seq, step=step, epoch=self.progress.epoch,
-            confidence=confidence, schema_hash=self.layout.schema_hash, final=final,
-        )
+        header: dict[str, Any] = {"node_id": self.peer_id, "seq": self.seq, "step": step, "epoch": self.progress.epoch,
+                  "confidence": confidence, "schema_hash": self.layout.schema_hash, "final": final}
+        data = wire.pack_update(update, **header)
+        if self.own_weight != 0.0:  # weigh our own sent delta exactly as every neighbour will
+            with torch.no_grad():
+                mine = wire.unpack(data if honest is None else wire.pack_update(honest, **header), self.limits)
+                aggregate.apply(self.trainer.flat, mine, self.own_weight)  # type: ignore[arg-type]
         self.bridge.to_loop(("update", self.seq, data, reason))
         self.seq += 1
         self.progress.updates_originated += 1
@@ -238,7 +257,7 @@ class Worker:
         self.fold_in(self.bridge.drain())  # anything that raced the FINISHED marker
         if hasattr(self.policy, "flush"):  # a windowed robust policy still holding updates
             with torch.no_grad():
-                self.policy.flush(self.trainer.flat)
+                self.policy.flush(self.trainer.flat, weight=self.mix)
             log.info("robust_summary", policy=self.cfg.communication.aggregation,
                      **getattr(self.policy, "stats", {}))
         metrics = self.trainer.evaluate(self.dataset.test)

@@ -6,6 +6,7 @@ run (:func:`clean_run`, computed once per test session and shared).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ from gossip import config
 PEERS = 4
 BASE = {
     "peers": PEERS, "model.name": "mnist_tiny", "data.limit_train": 6000, "data.limit_test": 2000,
-    "train.epochs": 2, "train.batch_size": 32, "train.lr": 0.02, "train.threads": 1,
+    "train.epochs": 2, "train.batch_size": 32, "train.lr": 0.1, "train.threads": 1,
     "timeouts.startup_s": 30, "timeouts.silence_s": 3, "timeouts.finish_s": 10,
     "checkpoint.every_epochs": 1, "dashboard.enabled": False,
 }
@@ -61,6 +62,39 @@ def start_peer(run_dir: Path, cfg_path: Path, peer_id: int, *args: str) -> subpr
         stdout=subprocess.DEVNULL, stderr=log, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
+STANDBY = """
+import pathlib, sys, time
+import gossip.node, gossip.peer  # the slow imports happen now, not at the restart
+go = pathlib.Path(sys.argv[1])
+go.with_suffix(".ready").touch()
+while not go.exists():
+    time.sleep(0.05)
+sys.exit(gossip.peer.main(sys.argv[2:]))
+"""
+
+
+def standby_peer(run_dir: Path, cfg_path: Path, peer_id: int, *args: str) -> tuple[subprocess.Popen[str], Path]:
+    """A peer process that has imported everything and starts when the returned path is created.
+
+    On a loaded CI machine importing torch can take longer than a whole epoch of these tiny
+    runs; the faults under test are about the swarm, not about Python's start-up time.
+    """
+    go = run_dir / f"go-{peer_id}"
+    log = (run_dir / f"peer-{peer_id}.stderr").open("a")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STANDBY, str(go), "--id", str(peer_id), "--config", str(cfg_path),
+         "--run-dir", str(run_dir), "--quiet", *args],
+        stdout=subprocess.DEVNULL, stderr=log, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return proc, go
+
+
+def wait_ready(go: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not go.with_suffix(".ready").exists():
+        assert time.monotonic() < deadline, "standby peer never finished importing"
+        time.sleep(0.1)
+
+
 def start_swarm(run_dir: Path, cfg: config.Config, ids: range | list[int] | None = None) -> tuple[Path, dict[int, Any]]:
     path = write_cfg(run_dir, cfg)
     ids = range(cfg.peers) if ids is None else ids
@@ -91,10 +125,8 @@ def events(run_dir: Path, peer_id: int) -> list[dict[str, Any]]:
         return []
     out = []
     for line in path.read_text().splitlines():
-        try:
+        with contextlib.suppress(ValueError):  # the line being written right now
             out.append(json.loads(line))
-        except ValueError:  # the line being written right now
-            pass
     return out
 
 

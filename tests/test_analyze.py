@@ -92,6 +92,18 @@ def test_swarm_run_figures(tmp_path):
     assert arm["label_histograms"] == [[60, 40], [40, 60]]
 
 
+def test_a_reused_folder_counts_only_its_last_run(tmp_path):
+    fake_swarm(tmp_path, accs=(0.10, 0.10))
+    first = {p: (tmp_path / f"peer-{p}.jsonl").read_text() for p in (0, 1)}
+    fake_swarm(tmp_path)  # the launcher appends: both runs end up in the same files
+    for p in (0, 1):
+        path = tmp_path / f"peer-{p}.jsonl"
+        path.write_text(first[p] + path.read_text())
+    arm = analyze.load_swarm(tmp_path)
+    assert arm["final_accuracy"] == [0.97, 0.95] and [c["epoch"] for c in arm["curve"]] == [1, 2]
+    assert arm["curve"][1]["train_s"] == pytest.approx(20.5)
+
+
 def test_telemetry_gives_a_finer_bandwidth_series(tmp_path):
     fake_swarm(tmp_path)
     snaps = [{"peer_id": p, "ts": 1000.0 + t, "bytes_sent": int(t * 125_000)} for t in range(0, 6) for p in (0, 1)]

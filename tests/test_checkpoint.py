@@ -16,6 +16,7 @@ from gossip.data import load_dataset
 from gossip.errors import CheckpointError
 from gossip.ledger import Ledger
 from gossip.partition import partition
+from gossip.train import set_threads
 from gossip.worker import FINISHED
 
 
@@ -78,7 +79,7 @@ class Boom:
 def test_loading_refuses_pickled_code(tmp_path, monkeypatch):
     """A checkpoint with a valid checksum but a malicious pickle is refused (weights_only)."""
     monkeypatch.chdir(tmp_path)
-    payload = pickle.dumps({"format": checkpoint.FORMAT, "x": Boom()})
+    payload = pickle.dumps({"format": checkpoint.FORMAT, "x": Boom()}, protocol=2)
     import hashlib
     data = checkpoint.MAGIC + hashlib.sha256(payload).digest() + payload
     with pytest.raises(CheckpointError, match="unreadable payload"):
@@ -121,6 +122,7 @@ def setup(data_root):
         "peers=2", "model.name=mnist_tiny", f"data.limit_train={2 * 32 * STEPS}", "data.limit_test=200",
         "train.epochs=3", "train.batch_size=32", "train.threads=1", "checkpoint.every_epochs=1",
         "checkpoint.keep=5", "codec.density=0.05"])
+    set_threads(1)  # more intra-op threads than free cores makes tiny steps crawl
     dataset = load_dataset(cfg.data)
     shards = partition(dataset.train.labels, cfg.peers, cfg.data, cfg.seed)
     return cfg, dataset, shards
@@ -225,7 +227,7 @@ def test_seq_fill_updates_are_valid_and_empty(setup, tmp_path):
     w = make(setup, tmp_path)
     before = w.trainer.flat.clone()
     assert w.fill_seq_gap(5) == 5 and w.seq == 5
-    for _, seq, data, reason in w.bridge.sent:
+    for _, _seq, data, reason in w.bridge.sent:
         u = wire.unpack(data, w.bridge.limits)
         assert reason == "seq_fill" and u.values.numel() == 0 and u.indices.numel() == 0
     assert torch.equal(before, w.trainer.flat)
