@@ -121,8 +121,8 @@ class Transport:
                 "(another peer with this id running? change topology.base_port)"
             ) from None
         self.inbox = inbox
-        monitor = inbox.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self._tasks.append(asyncio.create_task(self._watch_inbox(monitor), name="inbox-monitor"))
+        self._monitor = inbox.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._tasks.append(asyncio.create_task(self._watch_inbox(self._monitor), name="inbox-monitor"))
         bits = parse_bandwidth(self.cfg.link.bandwidth)
         for nbr in self.neighbours:
             sock = self.ctx.socket(zmq.DEALER)
@@ -194,12 +194,9 @@ class Transport:
 
     async def _watch_inbox(self, monitor: zmq.asyncio.Socket) -> None:
         """Count cut inbox connections (ZeroMQ drops an oversized frame's sender before we see a byte)."""
-        try:
-            while True:
-                await monitor.recv_multipart()
-                self.inbox_resets += 1
-        finally:
-            monitor.close(0)
+        while True:
+            await monitor.recv_multipart()
+            self.inbox_resets += 1
 
     # ------------------------------------------------------------ receiving
     async def recv(self) -> tuple[int | None, list[bytes]]:
@@ -250,6 +247,7 @@ class Transport:
             link.socket.close()
         if self.inbox is not None:
             self.inbox.disable_monitor()
+            self._monitor.close(0)  # closed here: a task cancelled before it ran has no finally
             self.inbox.close(0)
         self.ctx.term()
         log.info("transport_closed", address=topology.inbox_address(self.cfg, self.peer_id))

@@ -159,17 +159,34 @@ def sigcont(proc: subprocess.Popen[str]) -> None:
     os.kill(proc.pid, signal.SIGCONT)
 
 
-_CLEAN: dict[str, dict[int, dict[str, Any]]] = {}
+CLEAN_RUNS = 2
+_CLEAN: list[dict[int, dict[str, Any]]] = []
 
 
-def clean_run(run_dir: Path) -> dict[int, dict[str, Any]]:
-    """The per-peer results of a fault-free swarm with ``BASE`` settings (run once, then cached)."""
-    if "base" not in _CLEAN:
-        cfg = make_cfg()
-        _, procs = start_swarm(run_dir, cfg)
+def clean_runs(run_dir: Path) -> list[dict[int, dict[str, Any]]]:
+    """Per-peer results of ``CLEAN_RUNS`` fault-free swarms with ``BASE`` settings (run once per session).
+
+    Why more than one: an asynchronous swarm is not deterministic (when an update arrives
+    relative to a peer's steps depends on the machine's load), and at these tiny sizes two
+    clean runs of the same seed differ by 1-2 accuracy points. A fault's effect is judged
+    against the lowest clean run, so a test fails on a real loss, not on that noise.
+    """
+    while len(_CLEAN) < CLEAN_RUNS:
+        d = run_dir / f"clean-{len(_CLEAN)}"
+        _, procs = start_swarm(d, make_cfg())
         assert wait_all(procs) == dict.fromkeys(range(PEERS), 0)
-        _CLEAN["base"] = {p: result(run_dir, p) for p in range(PEERS)}
-    return _CLEAN["base"]
+        _CLEAN.append({p: result(d, p) for p in range(PEERS)})
+    return _CLEAN
+
+
+def clean_floor(run_dir: Path) -> float:
+    """The lowest mean peer accuracy of the clean runs."""
+    return min(mean_accuracy(r) for r in clean_runs(run_dir))
+
+
+def clean_spread(run_dir: Path) -> float:
+    accs = [mean_accuracy(r) for r in clean_runs(run_dir)]
+    return max(accs) - min(accs)
 
 
 def mean_accuracy(results: dict[int, dict[str, Any]], ids: list[int] | None = None) -> float:

@@ -1,6 +1,8 @@
 """Churn and faults injected into real peer processes on loopback (settings: tests/faultkit.BASE).
 
-Each test compares with the same fault-free swarm (``faultkit.clean_run``, run once).
+Accuracy after a fault is compared with fault-free swarms of the same config and seed
+(``faultkit.clean_runs``, run once per session): it must not fall more than 0.5 points below
+the lowest of them (clean runs themselves differ by 1-2 points, see faultkit).
 What must hold is in each docstring. A peer "applied an update twice" if it folded in more
 updates of an originator than that originator ever sent (``applied_by_origin``, counted by
 the training thread after the node's (node_id, seq) de-duplication).
@@ -25,7 +27,8 @@ TOLERANCE = 0.005  # 0.5 accuracy points
 
 @pytest.fixture(scope="module")
 def clean(data_root, tmp_path_factory):
-    return fk.clean_run(tmp_path_factory.mktemp("clean"))
+    """The lowest mean accuracy of the clean runs."""
+    return fk.clean_floor(tmp_path_factory.mktemp("clean"))
 
 
 def assert_no_double_application(results):
@@ -54,7 +57,7 @@ def test_kill9_one_of_four_the_others_finish(clean, tmp_path):
         assert 3 in results[p]["peers_down"]
         fk.wait_event(tmp_path, p, "peer_down", timeout=1, peer=3)
     assert_no_double_application(results)
-    assert abs(fk.mean_accuracy(results) - fk.mean_accuracy(clean)) <= TOLERANCE
+    assert fk.mean_accuracy(results) >= clean - TOLERANCE
 
 
 def test_kill9_then_resume_rejoins_and_agrees(clean, tmp_path):
@@ -148,7 +151,7 @@ def test_lossy_link_drop_duplicate_reorder(clean, tmp_path):
     assert sum(r["duplicates"] for r in results.values()) > 0
     assert sum(r["updates_lost"] for r in results.values()) > 0
     assert_no_double_application(results)
-    assert abs(fk.mean_accuracy(results) - fk.mean_accuracy(clean)) <= TOLERANCE
+    assert fk.mean_accuracy(results) >= clean - TOLERANCE
 
 
 def test_graceful_stop_then_resume_the_whole_launch(clean, tmp_path):
@@ -178,4 +181,4 @@ def test_graceful_stop_then_resume_the_whole_launch(clean, tmp_path):
     assert result["failed"] == {} and result["finished_peers"] == 4
     for p in range(4):
         fk.wait_event(tmp_path, p, "resumed", timeout=1)
-    assert abs(result["accuracy"]["mean"] - fk.mean_accuracy(clean)) <= TOLERANCE
+    assert result["accuracy"]["mean"] >= clean - TOLERANCE

@@ -4,7 +4,9 @@ The swarm is peers 0-2 of a 4-peer config; slot 3 is the test's client, which sa
 like a neighbour (identity ``p3``). In the hostile run it then fires every kind of bad input
 at peer 0; in the clean run it only says hello. Either way it falls silent, is marked down,
 and the swarm finishes without it. What must hold: peer 0 rejects each bad input with its
-reason counted, its memory stays bounded, and it trains to within 0.3 points of the clean run.
+reason counted, its memory stays bounded, and it trains to within 0.3 points of the clean run
+(beyond the run-to-run spread of clean swarms, see faultkit.clean_runs), and exactly as well
+as its unattacked neighbours (the swarm stays in consensus).
 """
 
 from __future__ import annotations
@@ -216,6 +218,7 @@ def swarm(tmp_path, hostile: bool):
 
 
 def test_hostile_inputs_are_rejected_and_training_is_unharmed(data_root, tmp_path):
+    noise = fk.clean_spread(tmp_path / "reference")
     clean, _, _ = swarm(tmp_path / "clean", hostile=False)
     results, expect, rss = swarm(tmp_path / "hostile", hostile=True)
     victim = results[0]
@@ -227,5 +230,6 @@ def test_hostile_inputs_are_rejected_and_training_is_unharmed(data_root, tmp_pat
     assert victim["inbox_resets"] >= 1  # the 64 MiB frame cut its connection
     assert rss[1] - rss[0] < 100 * 2**20, f"peer 0 grew by {(rss[1] - rss[0]) / 2**20:.0f} MiB"
     assert victim["applied_by_origin"].get("3", 0) <= 2  # at most the two harmless zero updates
-    assert abs(victim["test_accuracy"] - clean[0]["test_accuracy"]) <= TOLERANCE
-    assert abs(victim["test_accuracy"] - results[1]["test_accuracy"]) <= TOLERANCE  # still in consensus
+    assert victim["test_accuracy"] >= clean[0]["test_accuracy"] - TOLERANCE - noise
+    for p in (1, 2):  # the victim applied nothing its unattacked neighbours did not
+        assert abs(victim["test_accuracy"] - results[p]["test_accuracy"]) <= TOLERANCE
