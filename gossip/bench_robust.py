@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import random
 import statistics
 import sys
 import threading
@@ -88,8 +89,12 @@ def build_worker(cfg: Config, peer_id: int, dataset: Dataset, shard: torch.Tenso
 class LockstepSwarm:
     """``peers`` workers on a full mesh, stepped round by round (see the module docstring)."""
 
-    def __init__(self, cfg: Config, dataset: Dataset) -> None:
+    def __init__(self, cfg: Config, dataset: Dataset, *, jitter: int = 0, jitter_seed: int = 0) -> None:
         self.cfg = cfg
+        self.jitter = jitter  # deliver each update 0..jitter rounds late (random): asynchrony, seeded
+        self.rng = random.Random(jitter_seed)
+        self.round = 0
+        self.pending: list[tuple[int, int, Any]] = []  # (due round, receiver index, decoded update)
         shards = partition(dataset.train.labels, cfg.peers, cfg.data, cfg.seed)
         self.workers = [build_worker(cfg, p, dataset, shards[p]) for p in range(cfg.peers)]
         layout = self.workers[0].layout
@@ -105,10 +110,16 @@ class LockstepSwarm:
                 if item[0] != "update":
                     continue
                 decoded = wire.unpack(item[2], self.limits)
-                for other in self.workers:
+                for r, other in enumerate(self.workers):
                     if other is not w:
-                        other.bridge.to_thread(decoded)
+                        late = self.rng.randint(0, self.jitter) if self.jitter else 0
+                        self.pending.append((self.round + late, r, decoded))
             bridge.sent.clear()
+        due = [p for p in self.pending if p[0] <= self.round]
+        self.pending = [p for p in self.pending if p[0] > self.round]
+        for _, r, decoded in due:
+            self.workers[r].bridge.to_thread(decoded)
+        self.round += 1
 
     def run(self) -> list[dict[str, Any]]:
         for epoch in range(self.cfg.train.epochs):
@@ -126,6 +137,8 @@ class LockstepSwarm:
             w.trigger.mark_synced(FINAL)
             w.send_update(FINAL, final=True)
         self._route()
+        while self.pending:  # whatever is still in flight arrives
+            self._route()
         out = []
         scored: dict[bytes, float] = {}  # peers in exact agreement are scored once
         for w in self.workers:

@@ -69,4 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    # Results, checkpoints and logs are on disk and every socket is closed: skip the interpreter's
+    # teardown of torch and the data set, which takes seconds on a loaded host (a graceful stop
+    # should exit promptly; errors above still exit the normal way).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -82,8 +82,9 @@ def test_deltas_follow_live_telemetry_and_a_dying_peer_goes_down() -> None:
         with FakeSwarm(cfg, rate_bps=2e6) as swarm:
             async with client.ws_connect("/ws") as ws:
                 state: dict[str, Any] = {}
+                # every link's rate window fills at its own pace on a loaded machine: wait for all 12
                 msgs = await receive_until(ws, state, lambda s: bool(s) and states(s) == ["training"] * 4
-                                           and s["swarm"]["bps"] > 0)
+                                           and s["swarm"]["bps"] > 12e6)
                 assert msgs[0]["type"] == "snapshot" and any(m["type"] == "delta" for m in msgs)
                 assert len(state["links"]) == 6  # full mesh of 4
                 # 2 Mb/s on each of 12 directed links, give or take the sampling jitter

@@ -63,7 +63,7 @@ def test_kill9_one_of_four_the_others_finish(clean, tmp_path):
 def test_kill9_then_resume_rejoins_and_agrees(clean, tmp_path):
     """Restart the killed peer with --resume: it continues from its checkpoint without reusing a
     sequence number, rejoins, and ends within 0.5 points of the others (and they of clean)."""
-    cfg = fk.make_cfg(**{"train.epochs": 3})
+    cfg = fk.make_cfg()
     path, procs = fk.start_swarm(tmp_path, cfg)
     try:
         standby, go = fk.standby_peer(tmp_path, path, 3, "--resume")
@@ -91,7 +91,7 @@ def test_kill9_then_resume_rejoins_and_agrees(clean, tmp_path):
 def test_late_joiner_catches_up_from_a_neighbour(clean, tmp_path):
     """A peer that starts after the others' first epoch loads a neighbour's state and position,
     then trains the rest; it ends within 0.5 points of the others."""
-    cfg = fk.make_cfg(**{"timeouts.startup_s": 10, "train.epochs": 3})
+    cfg = fk.make_cfg(**{"timeouts.startup_s": 10})
     path, procs = fk.start_swarm(tmp_path, cfg, ids=[0, 1, 2])
     try:
         late, go = fk.standby_peer(tmp_path, path, 3)
