@@ -147,7 +147,8 @@ class DashboardConfig:
 @dataclass(frozen=True)
 class SecurityConfig:
     max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=_range(1024))
-    curve: bool = False
+    curve: bool = False  # CurveZMQ: encrypted links, only the peers' keys accepted (gossip.curve)
+    curve_keys: str = "keys"  # folder with every peer-<i>.key and this peer's peer-<i>.key_secret
     attack: Literal["none", "sign_flip", "gaussian", "inflated_confidence", "stale_replay"] = "none"
     attackers: tuple[int, ...] = ()
 

@@ -45,6 +45,7 @@ from gossip.partition import label_histogram, partition
 from gossip.telemetry import TelemetryPublisher
 from gossip.train import Trainer, resolve_device, set_threads
 from gossip.transport import Transport
+from gossip.trigger import FINAL
 from gossip.worker import FINISHED, Worker
 
 log = get_logger(__name__)
@@ -199,9 +200,10 @@ class Peer:
 
     # ---------------------------------------------------------------- catching up
     async def _catch_up(self) -> None:
-        """A late joiner, or a resumed peer, a full epoch behind its most advanced neighbour
-        loads that neighbour's published state (its parameters minus its unsent residual) and
-        continues from the neighbour's position (epoch, step, LR schedule).
+        """A late joiner a full epoch behind its most advanced neighbour, or a resumed peer a
+        quarter of an epoch behind (it missed whatever was sent while it was down), loads that
+        neighbour's published state (its parameters minus its unsent residual) and continues
+        from the neighbour's position (epoch, step, LR schedule).
 
         Updates that arrive before the state are recorded as seen but not applied: the
         neighbour's state already holds them (approximately: one in flight at snapshot time
@@ -215,7 +217,10 @@ class Peer:
         if not ahead:
             return
         source = max(ahead, key=lambda p: ahead[p])
-        if ahead[source] - own < self.worker.trainer.steps_per_epoch:
+        lag = self.worker.trainer.steps_per_epoch
+        if self.resume:
+            lag = max(1, lag // 4)
+        if ahead[source] - own < lag:
             return
         log.info("catch_up_start", source=source, their_step=ahead[source], own_step=own)
         self.catching_up, self.state_from = True, source
@@ -385,6 +390,8 @@ class Peer:
                 _, seq, data, reason = item
                 self.triggers[reason] = self.triggers.get(reason, 0) + 1
                 self.updates_sent += self.transport.broadcast(data)
+                if reason == FINAL and self.cfg.link.drop > 0:  # a lossy link: the flush carries the
+                    self.transport.broadcast(data)  # whole residual, so it goes twice (dropped if both arrive)
                 log.debug("update_sent", seq=seq, bytes=len(data), trigger=reason)
             elif kind == "done":
                 self.own_done = True

@@ -26,11 +26,12 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.asyncio
 
-from gossip import topology
+from gossip import curve, topology
 from gossip.config import Config, parse_bandwidth
 from gossip.errors import PeerError
 from gossip.log import get_logger
@@ -99,6 +100,8 @@ class Transport:
         self._rng = random.Random(cfg.seed * 7919 + peer_id)
         self._tasks: list[asyncio.Task[None]] = []
         self.inbox: zmq.asyncio.Socket | None = None
+        self._keys: curve.Keys | None = None  # security.curve: this peer's keys (gossip.curve)
+        self._auth: Any = None  # and the ZAP handler that checks every client's key
         self.inbox_resets = 0  # inbox connections cut: a frame over max_message_bytes, or a peer gone
 
     # ------------------------------------------------------------ startup
@@ -106,7 +109,9 @@ class Transport:
         address = topology.inbox_address(self.cfg, self.peer_id)
         if address.startswith("ipc://"):
             Path(address[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)
+        self._keys = curve.load(self.cfg, self.peer_id) if self.cfg.security.curve else None
         inbox = self.ctx.socket(zmq.ROUTER)
+        self._auth = curve.secure_inbox(self.ctx, inbox, self._keys) if self._keys else None
         inbox.setsockopt(zmq.MAXMSGSIZE, self.cfg.security.max_message_bytes)
         inbox.setsockopt(zmq.RCVHWM, 4 * SEND_QUEUE)
         inbox.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -115,6 +120,8 @@ class Transport:
             inbox.bind(address)
         except zmq.ZMQError as exc:
             inbox.close(0)
+            if self._auth is not None:
+                self._auth.stop()
             self.ctx.term()
             raise PeerError(
                 f"peer {self.peer_id} cannot listen on {address}: {exc.strerror} "
@@ -131,6 +138,8 @@ class Transport:
             sock.setsockopt(zmq.LINGER, int(LINGER_S * 1000))
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            if self._keys is not None:
+                curve.secure_link(sock, self._keys, nbr)
             sock.connect(topology.inbox_address(self.cfg, nbr))
             link = Link(nbr, sock, TokenBucket(bits))
             self.links[nbr] = link
@@ -202,8 +211,14 @@ class Transport:
     async def recv(self) -> tuple[int | None, list[bytes]]:
         """The next message: (neighbour id or None for an unknown sender, payload frames)."""
         assert self.inbox is not None
-        frames = await self.inbox.recv_multipart()
-        sender = parse_identity(frames[0])
+        if self._keys is None:
+            frames = await self.inbox.recv_multipart()
+            sender = parse_identity(frames[0])
+        else:  # the sender is whose key signed the frame; a routing identity claiming another is refused
+            raw = await self.inbox.recv_multipart(copy=False)
+            claimed, signed = parse_identity(raw[0].bytes), curve.authenticated_sender(raw[-1])
+            sender = claimed if claimed == signed else None
+            frames = [f.bytes for f in raw]
         size = sum(len(f) for f in frames[1:])
         link = self.links.get(sender) if sender is not None else None
         if link is not None:
@@ -249,5 +264,7 @@ class Transport:
             self.inbox.disable_monitor()
             self._monitor.close(0)  # closed here: a task cancelled before it ran has no finally
             self.inbox.close(0)
+        if self._auth is not None:
+            self._auth.stop()
         self.ctx.term()
         log.info("transport_closed", address=topology.inbox_address(self.cfg, self.peer_id))

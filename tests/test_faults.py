@@ -175,8 +175,10 @@ def test_graceful_stop_then_resume_the_whole_launch(clean, tmp_path):
         saved = fk.wait_event(tmp_path, p, "checkpoint_saved", timeout=1, reason="stop")
         assert os.path.exists(saved["path"])
         fk.wait_event(tmp_path, p, "transport_closed", timeout=1)
-        with socket.socket() as s:  # the inbox port is free again
+        with socket.socket() as s:  # nobody listens on the inbox port any more (TIME_WAIT is fine, as for ZeroMQ)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", cfg.topology.base_port + p))
+            s.listen()
     result = launch.run(cfg, tmp_path, dashboard=False, progress=None, resume=True)
     assert result["failed"] == {} and result["finished_peers"] == 4
     for p in range(4):
