@@ -82,7 +82,6 @@ class Peer:
         self.skipped_before_state = 0
         self.state_chunks: dict[int, wire.StateChunk] = {}
         self.state_from: int | None = None
-        self.training = False  # the training thread is running (it answers StateRequests then)
 
     # ================================================================ startup
     def _build(self) -> None:
@@ -172,13 +171,9 @@ class Peer:
         try:
             await self._meet_neighbours()
             await self._catch_up()
-            self.training = True
             train = asyncio.create_task(asyncio.to_thread(self._guarded_run), name="train")
             tasks.append(train)
-            try:
-                outcome = await train
-            finally:
-                self.training = False
+            outcome = await train
             if self.fatal is not None:
                 raise self.fatal
             await self._linger()
@@ -313,10 +308,8 @@ class Peer:
             if msg.node_id != sender:
                 raise ProtocolError("spoofed_node_id", f"neighbour {sender} asked state for {msg.node_id}")
             log.info("state_requested", by=sender)
-            if self.training:
-                self.bridge.to_thread(msg)  # the thread answers between two batches
-            elif hasattr(self, "worker"):
-                self.worker.answer_state(sender)
+            if hasattr(self, "worker"):
+                self.worker.answer_state_now(sender)  # waits for at most the batch in progress
         elif isinstance(msg, wire.StateChunk):
             if self.catching_up and sender == self.state_from == msg.node_id:
                 self.state_chunks[msg.offset] = msg
@@ -485,7 +478,7 @@ class Peer:
             "peers_down": self.ledger.down(), "wall_s": round(time.monotonic() - self.t_start, 3),
             "applied_by_origin": {str(k): v for k, v in sorted(p.applied_by_origin.items())},
             "updates_lost": self.updates_lost, "skipped_before_state": self.skipped_before_state,
-            "inbox_resets": self.transport.inbox_resets,
+            "inbox_resets": self.transport.inbox_resets, "next_seq": self.worker.seq,
             "state_from": self.state_from,
         }
         path = self.run_dir / f"peer-{self.peer_id}.result.json"

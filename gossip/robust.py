@@ -12,11 +12,12 @@ Per-update policies (applied on arrival, no added delay):
   updates of each). A minority of liars cannot move that median, so each of their updates
   counts at most as much as a typical honest one.
 * ``centered_clip`` — (Karimireddy et al., 2021, per update): the update ``x`` on its
-  elements ``S`` is replaced by ``ref[S] + clip(x - ref[S], τ)``, where ``ref`` is a running
-  per-element average of the accepted values (entries older than ``STALE_STEPS`` local steps
-  count as 0) and τ = ``clip_norm`` or ``CC_FACTOR`` × the median of the recent deviations.
-  An honest update close to what the swarm has been sending passes unchanged; a flipped,
-  noisy or inflated one is pulled back to the reference.
+  elements ``S`` is replaced by ``c[S] + clip(x - c[S], τ)`` with τ = ``clip_norm`` or
+  ``CC_FACTOR`` × the median of the recent deviations. The center ``c`` is a running
+  per-element average of the values accepted lately (entries older than ``STALE_STEPS``
+  local steps count as 0). An honest update close to what the swarm has been sending passes
+  unchanged; a flipped, noisy or inflated one is pulled back to the center. (Centering on the
+  peer's own sent values instead was tried: one honest peer drifted, 77.7 % vs ~90 %.)
 
 Windowed policies (coordinate-wise statistics need one value per sender):
 

@@ -23,6 +23,7 @@ This module touches no socket: everything crosses :class:`gossip.bridge.Bridge`.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,9 @@ class Worker:
         self.applied = Ledger(peer_id, cfg.peers, 0.0)  # (node_id, seq) folded into trainer.flat
         self.attack = attacks.make_attack(cfg, peer_id, layout)  # None unless security.attackers has us
         self.checkpointer: Checkpointer | None = None  # set by the node when it has a run dir
+        # held while the model changes (fold in, step, checkpoint), so the loop thread can take a
+        # consistent snapshot for a neighbour's StateRequest without waiting for an evaluation
+        self.state_lock = threading.Lock()
         self._prev = torch.empty_like(trainer.flat)
         self._delta = torch.empty_like(trainer.flat)
 
@@ -114,13 +118,15 @@ class Worker:
                     continue  # resumed mid-epoch: the same batches, in the same order, were done before
                 if self.bridge.stop.is_set():
                     return self._stop(epoch, step)
-                self.fold_in(self.bridge.drain())
-                loss = self.train_batch(x, y, step)
+                with self.state_lock:
+                    self.fold_in(self.bridge.drain())
+                    loss = self.train_batch(x, y, step)
                 loss_sum, batches = loss_sum + loss, batches + 1
             self._end_epoch(epoch, loss_sum / max(1, batches), time.monotonic() - t0)
             if self.checkpointer is not None and self.checkpointer.due(epoch + 1):
-                self.fold_in(self.bridge.drain())  # what has arrived is in the checkpoint
-                self.checkpointer.save(self, epoch + 1, 0, reason="epoch")
+                with self.state_lock:
+                    self.fold_in(self.bridge.drain())  # what has arrived is in the checkpoint
+                    self.checkpointer.save(self, epoch + 1, 0, reason="epoch")
         return self._finish()
 
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
@@ -187,6 +193,19 @@ class Worker:
         self.bridge.to_loop(("state", requester, chunks))
         log.info("state_sent", to=requester, chunks=len(chunks), step=self.progress.global_step)
 
+    def answer_state_now(self, requester: int) -> None:
+        """From the loop thread: fold in everything received so far, then answer ``requester``.
+
+        Waits for at most the batch in progress (not for an evaluation), so the snapshot misses
+        only what is still on the wire; the requester skips what it received before the state.
+        """
+        with self.state_lock:
+            items = self.bridge.drain()
+            if FINISHED in items:
+                self.bridge.to_thread(FINISHED)  # the training thread must still see it
+            self.fold_in([i for i in items if i != FINISHED])
+            self.answer_state(requester)
+
     def fill_seq_gap(self, upto: int) -> int:
         """Send empty updates for seqs ``self.seq .. upto-1`` (numbers possibly used before a crash).
 
@@ -252,9 +271,12 @@ class Worker:
             self.send_update(FINAL, final=True)
         self.bridge.to_loop(("done", self.seq - 1))
         while not self.bridge.stop.is_set():
-            if self.fold_in(self.bridge.wait(WAIT_POLL_S)):
-                break
-        self.fold_in(self.bridge.drain())  # anything that raced the FINISHED marker
+            items = self.bridge.wait(WAIT_POLL_S)
+            with self.state_lock:
+                if self.fold_in(items):
+                    break
+        with self.state_lock:
+            self.fold_in(self.bridge.drain())  # anything that raced the FINISHED marker
         if hasattr(self.policy, "flush"):  # a windowed robust policy still holding updates
             with torch.no_grad():
                 self.policy.flush(self.trainer.flat, weight=self.mix)
@@ -275,6 +297,7 @@ class Worker:
         self.progress.state = "done"
         log.info("training_stopped", epoch=self.progress.epoch, step=self.progress.step)
         if self.checkpointer is not None and self.cfg.checkpoint.every_epochs > 0:
-            self.fold_in(self.bridge.drain())
-            self.checkpointer.save(self, epoch, step, reason="stop")
+            with self.state_lock:
+                self.fold_in(self.bridge.drain())
+                self.checkpointer.save(self, epoch, step, reason="stop")
         return {"test_accuracy": None, "test_loss": None, "stopped": True}

@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
+from ports import free_port_block
+
 from gossip.config import Config, load
 from gossip.telemetry import TelemetryPublisher
-
-
-def free_port_block(n: int = 1) -> int:
-    """A port p such that p .. p+n-1 are free on 127.0.0.1 right now."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65000 or base < 1024:
-            continue
-        try:
-            held = []
-            for port in range(base, base + n):
-                s = socket.socket()
-                held.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    raise RuntimeError("no free port block")
 
 
 def swarm_config(peers: int = 4, *extra: str) -> Config:

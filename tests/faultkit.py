@@ -3,7 +3,7 @@
 One swarm size for all of them (``BASE``), so every test can compare against the same clean
 runs (:func:`clean_runs`, computed once per test session and shared). ``BASE`` trains 4
 epochs over a small shard at a moderate learning rate so that the swarm ends near its plateau
-(~98 %), where run-to-run noise is a few tenths of a point rather than the 1-2 points of a
+(~97 %), where run-to-run noise is a few tenths of a point rather than the 1-2 points of a
 swarm stopped halfway up the learning curve.
 """
 
@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,31 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ports import free_port_block
 
 from gossip import config
 
 PEERS = 4
 BASE = {
-    "peers": PEERS, "model.name": "mnist_tiny", "data.limit_train": 4000, "data.limit_test": 2000,
-    "train.epochs": 4, "train.batch_size": 32, "train.lr": 0.05, "train.threads": 1,
+    "peers": PEERS, "model.name": "mnist_tiny", "data.limit_train": 8000, "data.limit_test": 2000,
+    "train.epochs": 4, "train.batch_size": 16, "train.lr": 0.05, "train.threads": 1,
     "timeouts.startup_s": 30, "timeouts.silence_s": 3, "timeouts.finish_s": 10,
     "checkpoint.every_epochs": 1, "dashboard.enabled": False,
 }
 RUN_TIMEOUT_S = 240
 
 
-def free_base(span: int = 40) -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + span < 65000:
-            return base
-    raise RuntimeError("no free port range")
-
-
 def make_cfg(**extra: Any) -> config.Config:
-    base = free_base()
+    base = free_port_block(40)
     items = {**BASE, "topology.base_port": base, "dashboard.telemetry_port": base + 20, **extra}
     return config.load(None, [f"{k}={v}" for k, v in items.items()])
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from fake_swarm import FakeSwarm, free_port_block, swarm_config
+from fake_swarm import FakeSwarm, swarm_config
+from ports import free_port_block
 
 from gossip.config import to_dict
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 
@@ -11,22 +10,17 @@ import pytest
 import zmq
 import zmq.asyncio
 import zmq.auth
+from ports import free_port_block
 
 from gossip import config, curve
 from gossip.errors import ConfigError
 from gossip.transport import Transport
 
 
-def free_base() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def keyed(tmp_path):
     curve.create(tmp_path / "keys", 3)
-    base = free_base()
+    base = free_port_block(8)
     return config.load(None, ["peers=3", f"topology.base_port={base}", "security.curve=true",
                               f"security.curve_keys={tmp_path / 'keys'}"])
 

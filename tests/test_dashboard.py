@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from fake_swarm import FakeSwarm, free_port_block, swarm_config
+from fake_swarm import FakeSwarm, swarm_config
+from ports import free_port_block
 
 from gossip.config import Config
 from gossip.dashboard import Dashboard, _Client

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from fake_swarm import free_port_block
+from ports import free_port_block
 
 from gossip import analyze, config, experiment, plan, report
 

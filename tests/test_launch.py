@@ -1,29 +1,19 @@
 """Real swarms on loopback: peer processes, ZeroMQ, protobuf bytes, MNIST."""
 
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
+from ports import free_port_block
 
 from gossip import config, launch
 
 pytestmark = pytest.mark.slow
 
 
-def free_base(span=40):
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + span < 65000:
-            return base
-    raise RuntimeError("no port")
-
-
 def tiny(peers=2, **extra):
-    base = free_base()
+    base = free_port_block(40)
     items = {
         "peers": peers, "model.name": "mnist_tiny", "data.limit_train": 3000, "data.limit_test": 1000,
         "train.epochs": 1, "train.batch_size": 32, "train.threads": 1,

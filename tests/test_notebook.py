@@ -4,8 +4,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from fake_swarm import free_port_block
 from nbclient import NotebookClient
+from ports import free_port_block
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import types
 
 import pytest
 import zmq
-from fake_swarm import free_port_block
+from ports import free_port_block
 
 from gossip import telemetry
 from gossip.config import load

@@ -1,28 +1,18 @@
 """Real ZeroMQ sockets on loopback: delivery, identity, shaping, counters, faults, errors."""
 
 import asyncio
-import socket
 import time
 
 import pytest
+from ports import free_port_block
 
 from gossip import config
 from gossip.errors import PeerError
 from gossip.transport import TokenBucket, Transport, identity, parse_identity
 
 
-def free_port_block(n=4):
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n < 65000:
-            return base
-    raise RuntimeError("no port")
-
-
 def make_cfg(**kw):
-    base = free_port_block()
+    base = free_port_block(4)
     items = {"peers": 2, "topology.base_port": base, **kw}
     return config.load(None, [f"{k}={v}" for k, v in items.items()])
 
