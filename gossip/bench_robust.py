@@ -12,17 +12,21 @@ aggregation policy, final flush), every update packed to protobuf bytes and vali
 :func:`gossip.wire.unpack` at every receiver, on a full mesh; only ZeroMQ and the clock are
 replaced: each round every peer folds in what has reached it, then takes one step; an update
 reaches each receiver 0..``--jitter`` rounds after it was sent (random, seeded), as in an
-asynchronous swarm. So a cell is deterministic and the 25 cells take ~10 minutes on 2 cores.
+asynchronous swarm. So a cell is deterministic: ~1 minute of one core on the full MNIST
+training split (the default); ``--jobs 2`` runs two cells at once.
 The transport itself is exercised by ``tests/test_faults.py``.
 
-Example: ``python -m gossip.bench robust --out runs/robust data.limit_train=24000``.
+Example: ``python -m gossip.bench robust --jobs 2 --out runs/robust`` (all 25 cells: ~13 min on
+2 cores); ``--policies uniform,clip`` for the recommended policy only.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import json
+import multiprocessing
 import random
 import statistics
 import sys
@@ -49,9 +53,9 @@ POLICIES = ("uniform", "clip", "trimmed_mean", "median", "centered_clip")
 JITTER = 2  # rounds of random delivery delay in the default bench (a real swarm is not in lock step)
 TARGET_ACCURACY = 0.97
 TARGET_COST_PTS = 0.5
-DEFAULTS = [  # sized for ~20 s a cell on 2 CPU cores; every one can be overridden on the command line
+DEFAULTS = [  # ~1 min a cell on one CPU core; every one can be overridden on the command line
     "model.name=mnist_tiny", "peers=8", "train.epochs=1", "train.batch_size=16", "train.lr=0.05",
-    "data.limit_train=24000", "data.limit_test=5000", "communication.trim_ratio=0.3",
+    "data.limit_train=60000", "data.limit_test=5000", "communication.trim_ratio=0.3",
 ]
 
 
@@ -83,7 +87,8 @@ def build_worker(cfg: Config, peer_id: int, dataset: Dataset, shard: torch.Tenso
     torch.manual_seed(cfg.seed)  # the same initial weights on every peer
     model = build_model(cfg.model.name, dataset.num_classes, dataset.train.images.shape[1])
     split = Split(dataset.train.images[shard], dataset.train.labels[shard])
-    trainer = Trainer(cfg, model, split, dataset, device=torch.device("cpu"), seed=cfg.seed * 1000 + peer_id)
+    trainer = Trainer(cfg, model, split, dataset, device=torch.device("cpu"), seed=cfg.seed * 1000 + peer_id,
+                          lr_scale=cfg.communication.lr_scale)
     layout = Layout.from_shapes(trainer.layout)
     return Worker(cfg, peer_id, trainer, dataset, MemoryBridge(), layout)  # type: ignore[arg-type]
 
@@ -202,6 +207,22 @@ def check(cells: list[dict[str, Any]]) -> list[str]:
     return misses
 
 
+_DATASET: Dataset | None = None  # one copy per worker process of --jobs
+
+
+def _run_cell_in_worker(cfg: Config, jitter: int) -> dict[str, Any]:
+    global _DATASET
+    if _DATASET is None:
+        set_threads(cfg.train.threads or 1)
+        _DATASET = load_dataset(cfg.data)
+    return run_cell(cfg, _DATASET, jitter)
+
+
+def _report(cell: dict[str, Any]) -> None:
+    print(f"{cell['attack']:20} {cell['policy']:14} honest mean {100 * cell['honest_mean']:.2f}% "
+          f"min {100 * cell['honest_min']:.2f}%  ({cell['seconds']} s)", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gossip.bench robust", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=None, help="YAML config (default: the built-in defaults)")
@@ -210,22 +231,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset of " + ",".join(POLICIES))
     ap.add_argument("--jitter", type=int, default=JITTER,
                     help="deliver each update 0..N rounds late, at random (seeded): asynchrony")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="cells run at once, one process and one thread each (at most the core count)")
     ap.add_argument("--out", default=None, help="write robust.json and robust.md into this folder")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (after the defaults)")
     args = ap.parse_intermixed_args(argv)
+    if args.jobs < 1:
+        ap.error("--jobs must be at least 1")
     base = config_mod.load(args.config, [*DEFAULTS, *args.overrides])
-    set_threads(base.train.threads or 1)
-    dataset = load_dataset(base.data)
-    cells = []
+    grid = []
     for attack in args.attacks.split(","):
         for policy in args.policies.split(","):
             attackers = list(range(args.attackers)) if attack != "none" else []
-            cfg = config_mod.replace(base, {"security": {"attack": attack, "attackers": attackers},
-                                            "communication": {"aggregation": policy}})
-            cell = run_cell(cfg, dataset, args.jitter)
-            cells.append(cell)
-            print(f"{attack:20} {policy:14} honest mean {100 * cell['honest_mean']:.2f}% "
-                  f"min {100 * cell['honest_min']:.2f}%  ({cell['seconds']} s)", file=sys.stderr, flush=True)
+            grid.append(config_mod.replace(base, {"security": {"attack": attack, "attackers": attackers},
+                                                  "communication": {"aggregation": policy}}))
+    cells: list[dict[str, Any]] = []
+    if args.jobs == 1:
+        for cfg in grid:
+            cells.append(_run_cell_in_worker(cfg, args.jitter))
+            _report(cells[-1])
+    else:  # cells are independent and deterministic: the same figures in any order
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            futures = [pool.submit(_run_cell_in_worker, cfg, args.jitter) for cfg in grid]
+            for future in concurrent.futures.as_completed(futures):
+                _report(future.result())
+            cells = [f.result() for f in futures]
     text = table(cells, args.attackers, base.peers)
     misses = check(cells)
     print(text)

@@ -98,7 +98,8 @@ class Peer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every peer
         model = build_model(cfg.model.name, dataset.num_classes, dataset.train.images.shape[1])
         shard = Split(dataset.train.images[idx], dataset.train.labels[idx])
-        trainer = Trainer(cfg, model, shard, dataset, device=device, seed=cfg.seed * 1000 + self.peer_id)
+        trainer = Trainer(cfg, model, shard, dataset, device=device, seed=cfg.seed * 1000 + self.peer_id,
+                          lr_scale=cfg.communication.lr_scale)
         self.layout = Layout.from_shapes(trainer.layout)
         self.params = count_params(model)
         self.limits = wire.Limits(numel=self.layout.numel, schema_hash=self.layout.schema_hash,

@@ -7,10 +7,21 @@ bend by a bounded amount. Measured with ``python -m gossip.bench robust``.
 
 Per-update policies (applied on arrival, no added delay):
 
-* ``clip`` — an update's norm is capped at τ = ``clip_norm`` if set, else ``CLIP_FACTOR`` ×
-  the median over senders of each sender's median recent norm (the last ``NORM_HISTORY``
-  updates of each). A minority of liars cannot move that median, so each of their updates
-  counts at most as much as a typical honest one.
+* ``clip`` — two steps per update:
+
+  1. *direction check*: an update pointing against this peer's own recent direction is
+     dropped. The direction ``r`` is a decaying sum of the peer's own sent updates (each
+     one multiplies it by ``DIRECTION_DECAY`` first); a neighbour's update ``x`` on
+     elements ``S`` with ``cos(x, r[S]) < DIRECTION_MIN_COS`` is rejected (counted as
+     ``opposed``). Honest peers of an IID swarm share the descent direction, so a
+     sign-flipped update shows up as a negative cosine; without the check, norm clipping
+     alone lets each flipped update cancel an honest one (8 peers, 2 flippers: the swarm
+     trains at about half speed). ``r`` is built from the peer's own updates only: built
+     from accepted ones, early liars could capture it (measured: one honest peer at 23 %).
+  2. *norm clip*: the norm is capped at τ = ``clip_norm`` if set, else ``CLIP_FACTOR`` ×
+     the median over senders of each sender's median recent norm (the last
+     ``NORM_HISTORY`` updates of each). A minority of liars cannot move that median, so
+     each of their updates counts at most as much as a typical honest one.
 * ``centered_clip`` — (Karimireddy et al., 2021, per update): the update ``x`` on its
   elements ``S`` is replaced by ``c[S] + clip(x - c[S], τ)`` with τ = ``clip_norm`` or
   ``CC_FACTOR`` × the median of the recent deviations. The center ``c`` is a running
@@ -35,6 +46,7 @@ Windowed policies (coordinate-wise statistics need one value per sender):
 
 Final updates (the dense residual flush at the end) are always windowed: they are held until
 every known sender's final is in (or the end of training) and then treated like one window —
+``clip`` drops the rows against its own direction (unless all are), then both
 ``clip``/``centered_clip`` scale whole rows against the median row (distance) there.
 """
 
@@ -58,6 +70,9 @@ log = get_logger(__name__)
 NORM_HISTORY = 8     # clip: recent norms remembered per sender
 DEV_HISTORY = 64     # centered_clip: recent deviation norms remembered (all senders)
 CLIP_FACTOR = 1.5    # clip: τ = this × the median honest-looking norm
+DIRECTION_DECAY = 0.8    # clip: our direction remembers ~5 own updates
+DIRECTION_MIN_COS = -0.1  # clip: updates with a lower cosine are dropped (0.0 dropped honest ones too:
+                         # MNIST 8 peers, no attack: 0.64 points below plain averaging, -0.1: 0.21)
 CC_FACTOR = 1.5      # centered_clip: τ = this × the median recent deviation
 CC_ITERATIONS = 3    # centered_clip over a window of final updates
 CC_REF_WEIGHT = 0.5  # centered_clip: weight of a new accepted value in the running reference
@@ -146,7 +161,7 @@ class Windowed:
                 k = u.values.numel()
                 rows[r].index_add_(0, inverse[pos:pos + k], u.values.float())
                 pos += k
-        delta = self.combine(rows, len(senders)) * self.weight
+        delta = self.combine(rows, len(senders), union) * self.weight
         if union.numel() == flat.numel():
             flat.add_(delta.to(flat.device))
         else:
@@ -157,8 +172,8 @@ class Windowed:
         self.opened_at = None
         return len(senders)
 
-    def combine(self, rows: torch.Tensor, present: int) -> torch.Tensor:
-        """What to add over the union: rows[:present] are senders, any further rows are zeros."""
+    def combine(self, rows: torch.Tensor, present: int, union: torch.Tensor) -> torch.Tensor:
+        """What to add over ``union`` (flat indices): rows[:present] are senders, any further rows are zeros."""
         raise NotImplementedError
 
     # ---- checkpoints (weights_only-safe: tensors and plain values)
@@ -189,9 +204,20 @@ class NormClip(Windowed):
     def __init__(self, cfg: CommunicationConfig) -> None:
         super().__init__(cfg)
         self.norms: dict[int, deque[float]] = {}
+        self.direction: torch.Tensor | None = None  # decaying sum of our own sent updates (step 1)
+        self.stats["opposed"] = 0
 
     def apply_one(self, flat: torch.Tensor, u: DecodedUpdate, local: Local) -> None:
-        norm = float(u.values.norm())
+        # 1. direction check: against the swarm's recent direction -> dropped
+        if self.direction is None:
+            self.direction = torch.zeros(flat.numel())
+        values = u.values.float()
+        ref = self.direction if u.indices is None else self.direction[u.indices]
+        ref_norm, norm = float(ref.norm()), float(values.norm())
+        if ref_norm > 0 and norm > 0 and float(values @ ref) < DIRECTION_MIN_COS * ref_norm * norm:
+            self.stats["opposed"] += 1
+            return
+        # 2. norm clip at tau, from the senders' median recent norms
         self.norms.setdefault(u.node_id, deque(maxlen=NORM_HISTORY)).append(norm)
         if self.cfg.clip_norm > 0:
             tau = self.cfg.clip_norm
@@ -201,19 +227,36 @@ class NormClip(Windowed):
         self.stats["limited"] += scale < 1.0
         aggregate.apply(flat, u, scale * self.weight)
 
-    def combine(self, rows: torch.Tensor, present: int) -> torch.Tensor:
-        norms = rows[:present].norm(dim=1)
+    def observe_own(self, u: DecodedUpdate, numel: int) -> None:
+        """Our own sent update: it moves the direction that neighbours' updates are checked against."""
+        if self.direction is None:
+            self.direction = torch.zeros(numel)
+        self.direction.mul_(DIRECTION_DECAY)
+        aggregate.apply(self.direction, u, 1.0)
+
+    def combine(self, rows: torch.Tensor, present: int, union: torch.Tensor) -> torch.Tensor:
+        rows = rows[:present]
+        if self.direction is not None:  # 1. direction check, row by row (the final flush comes here)
+            ref = self.direction[union]
+            cos = (rows @ ref) / (rows.norm(dim=1) * ref.norm()).clamp_min(1e-12)
+            opposed = cos < DIRECTION_MIN_COS
+            if bool(opposed.any()) and not bool(opposed.all()):
+                self.stats["opposed"] += int(opposed.sum())
+                rows = rows[~opposed]
+        norms = rows.norm(dim=1)  # 2. norm clip against the median row
         tau = self.cfg.clip_norm if self.cfg.clip_norm > 0 else CLIP_FACTOR * float(norms.median())
-        clipped, limited = _scale_rows(rows[:present], tau)
+        clipped, limited = _scale_rows(rows, tau)
         self.stats["limited"] += limited
         return clipped.sum(dim=0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "norms": {s: list(h) for s, h in self.norms.items()}}
+        return {**super().state_dict(), "norms": {s: list(h) for s, h in self.norms.items()},
+                "direction": self.direction}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.norms = {int(s): deque(h, maxlen=NORM_HISTORY) for s, h in state["norms"].items()}
+        self.direction = state.get("direction")
 
 
 class CenteredClip(Windowed):
@@ -244,7 +287,7 @@ class CenteredClip(Windowed):
         self.ref[idx] = (1 - CC_REF_WEIGHT) * center + CC_REF_WEIGHT * accepted
         self.ref_step[idx] = local.step
 
-    def combine(self, rows: torch.Tensor, present: int) -> torch.Tensor:
+    def combine(self, rows: torch.Tensor, present: int, union: torch.Tensor) -> torch.Tensor:
         v = _median_rows(rows)
         dist = (rows - v).norm(dim=1)
         tau = self.cfg.clip_norm if self.cfg.clip_norm > 0 else CC_FACTOR * float(dist.median())
@@ -266,7 +309,7 @@ class CenteredClip(Windowed):
 
 
 class TrimmedMean(Windowed):
-    def combine(self, rows: torch.Tensor, present: int) -> torch.Tensor:
+    def combine(self, rows: torch.Tensor, present: int, union: torch.Tensor) -> torch.Tensor:
         n = rows.shape[0]
         b = min(int(self.cfg.trim_ratio * n), (n - 1) // 2)
         self.stats["limited"] += 2 * b
@@ -274,7 +317,7 @@ class TrimmedMean(Windowed):
 
 
 class Median(Windowed):
-    def combine(self, rows: torch.Tensor, present: int) -> torch.Tensor:
+    def combine(self, rows: torch.Tensor, present: int, union: torch.Tensor) -> torch.Tensor:
         return _median_rows(rows) * rows.shape[0]
 
 

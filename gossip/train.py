@@ -86,12 +86,12 @@ def _mix(seed: int, epoch: int) -> int:
 
 class Trainer:
     def __init__(self, cfg: Config, model: nn.Module, train: Split, dataset: Dataset, *,
-                 device: torch.device, seed: int) -> None:
+                 device: torch.device, seed: int, lr_scale: float = 1.0) -> None:
         t = cfg.train
         # ---- hyperparameters, all from cfg.train -------------------------------------------------
         self.epochs = t.epochs                      # passes over this trainer's split
         self.batch_size = t.batch_size              # samples per step (the last batch may be smaller)
-        self.peak_lr = t.lr                         # learning rate at the top of the schedule
+        self.peak_lr = t.lr * lr_scale              # learning rate at the top of the schedule
         self.momentum = t.momentum                  # SGD momentum coefficient
         self.nesterov = t.nesterov
         self.weight_decay = t.weight_decay          # L2 coefficient, weights only
@@ -142,7 +142,7 @@ class Trainer:
             offset += n
         self.velocity = torch.zeros_like(self.flat)  # SGD momentum buffer
         self.model.train()
-        log.info("trainer_ready", params=numel, tensors=len(params), train_samples=len(train),
+        log.info("trainer_ready", params=numel, tensors=len(params), train_samples=len(train), peak_lr=self.peak_lr,
                  steps_per_epoch=self.steps_per_epoch, device=str(device), amp=str(self.amp_dtype),
                  threads=torch.get_num_threads())
 

@@ -247,6 +247,8 @@ class Worker:
             with torch.no_grad():
                 mine = wire.unpack(data if honest is None else wire.pack_update(honest, **header), self.limits)
                 aggregate.apply(self.trainer.flat, mine, self.own_weight)  # type: ignore[arg-type]
+                if hasattr(self.policy, "observe_own"):  # a robust policy that judges by our direction
+                    self.policy.observe_own(mine, self.trainer.flat.numel())
         self.bridge.to_loop(("update", self.seq, data, reason))
         self.seq += 1
         self.progress.updates_originated += 1

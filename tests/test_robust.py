@@ -91,6 +91,45 @@ def test_two_liars_of_eight_cannot_turn_or_blow_up_the_sum(name, attack, honest)
     assert float(got.norm()) < 2.0 * float(honest_sum.norm())
 
 
+def test_clip_drops_updates_against_our_own_direction(honest):
+    """After our own updates point along h, a flipped neighbour update is dropped, an honest one kept."""
+    h, rows = honest
+    p = policy("clip")
+    flat = torch.zeros(NUMEL)
+    p.observe_own(update(0, h), NUMEL)
+    local = Local(step=0, confidence=0.5)
+    p.fold(flat, [update(1, -rows[0])], local)
+    assert float(flat.abs().sum()) == 0.0 and p.stats["opposed"] == 1
+    p.fold(flat, [update(2, rows[1])], local)
+    assert cos(flat, torch.from_numpy(rows[1]).float()) > 0.999 and p.stats["opposed"] == 1
+    sparse = np.arange(0, NUMEL, 7)  # judged on the elements it touches only
+    p.fold(flat, [update(3, -h[sparse], sparse)], local)
+    assert p.stats["opposed"] == 2
+
+
+def test_clip_drops_a_flipped_final_flush(honest):
+    """Final (dense) updates are windowed: a sign-flipped row is dropped there too."""
+    h, rows = honest
+    p = policy("clip")
+    p.observe_own(update(0, h), NUMEL)
+    flat = torch.zeros(NUMEL)
+    finals = [update(s, r, seq=1, final=True) for s, r in enumerate(rows[:3], start=1)]
+    p.fold(flat, [*finals, update(9, -5 * h, seq=1, final=True)], Local(step=0, confidence=0.5))
+    p.flush(flat)
+    assert p.stats["opposed"] == 1
+    assert cos(flat, torch.from_numpy(np.sum(rows[:3], axis=0)).float()) > 0.99
+
+
+def test_clip_direction_survives_a_checkpoint(honest):
+    h, _ = honest
+    p = policy("clip")
+    p.observe_own(update(0, h), NUMEL)
+    q = policy("clip")
+    q.load_state_dict(p.state_dict())
+    q.fold(torch.zeros(NUMEL), [update(1, -h)], Local(step=0, confidence=0.5))
+    assert q.stats["opposed"] == 1
+
+
 def test_sparse_semantics_missing_is_zero():
     """Every sender also touches one element nobody else touches: median drops those, centered_clip keeps them."""
     ups = [update(s, np.array([1 + 0.1 * s, 1 + 0.1 * s, 1.0]), np.array([3, 50, 100 + s])) for s in range(5)]
