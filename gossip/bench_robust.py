@@ -160,7 +160,8 @@ class LockstepSwarm:
                     scored[key] = w.trainer.evaluate(w.dataset.test)["accuracy"]
                 accuracy = scored[key]
             out.append({"id": w.peer_id, "test_accuracy": accuracy, "attacker": w.attack is not None,
-                        "updates_applied": w.progress.updates_applied})
+                        "updates_applied": w.progress.updates_applied,
+                        "policy_stats": dict(getattr(w.policy, "stats", {}))})
         return out
 
 
@@ -168,9 +169,14 @@ def run_cell(cfg: Config, dataset: Dataset, jitter: int = 0) -> dict[str, Any]:
     t0 = time.monotonic()
     peers = LockstepSwarm(cfg, dataset, jitter=jitter, jitter_seed=cfg.seed).run()
     honest = [p["test_accuracy"] for p in peers if not p["attacker"]]
+    stats: dict[str, int] = {}  # what the honest peers' policies did (summed over them)
+    for p in peers:
+        if not p["attacker"]:
+            for key, value in p["policy_stats"].items():
+                stats[key] = stats.get(key, 0) + int(value)
     return {"attack": cfg.security.attack, "policy": cfg.communication.aggregation,
             "honest_mean": statistics.fmean(honest), "honest_min": min(honest),
-            "seconds": round(time.monotonic() - t0, 1)}
+            "seconds": round(time.monotonic() - t0, 1), "policy_stats": stats}
 
 
 def table(cells: list[dict[str, Any]], attackers: int, peers: int) -> str:
@@ -219,8 +225,9 @@ def _run_cell_in_worker(cfg: Config, jitter: int) -> dict[str, Any]:
 
 
 def _report(cell: dict[str, Any]) -> None:
+    stats = " ".join(f"{k}={v}" for k, v in cell["policy_stats"].items())
     print(f"{cell['attack']:20} {cell['policy']:14} honest mean {100 * cell['honest_mean']:.2f}% "
-          f"min {100 * cell['honest_min']:.2f}%  ({cell['seconds']} s)", file=sys.stderr, flush=True)
+          f"min {100 * cell['honest_min']:.2f}%  ({cell['seconds']} s) {stats}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,7 +81,7 @@ class CommunicationConfig:
     # deltas makes the swarm act like one model at N x the batch with 1/N of the steps, which
     # wants a larger step; linear scaling (N x) overshoots with compressed, delayed updates.
     # Measured (MNIST CNN, 4 peers, 2 epochs, base lr 0.05): x1 98.88%, x2 99.08%, x2.6 99.22%,
-    # x4 97.08% (README, "Swarm vs centralized").
+    # x4 97.08% (README, "The swarm's step size").
     lr_scale: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
     # "local": a peer keeps its own full steps, so its model is the swarm's average plus its own
     # unsent residual (local SGD with compressed averaging). "exact": a peer's model moves only by

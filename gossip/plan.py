@@ -163,7 +163,9 @@ def plan(cfg: Config, s: Settings) -> list[dict[str, Any]]:
     by_hash: dict[tuple[str, str], str] = {}
 
     def add(group: str, role: str, seed: int, extra: dict[str, Any], sweep: dict[str, Any] | None) -> None:
-        arm_cfg = config_mod.replace(cfg, _merge({"seed": seed}, extra))
+        # an arm's config drops the experiment mapping: adding a seed or a sweep later must not
+        # change the hash of the arms already run (they are resumed by that hash)
+        arm_cfg = config_mod.replace(dataclasses.replace(cfg, experiment={}), _merge({"seed": seed}, extra))
         kind = "swarm" if role in ("swarm", "sweep") else "centralized"
         key = (kind, config_hash(arm_cfg) if kind == "swarm" else config_hash(dataclasses.replace(arm_cfg, peers=1)))
         name = f"{_slug(group.replace(' ', '-'))}-seed{seed}"

@@ -80,3 +80,15 @@ def test_load_merges_experiment_overrides(tmp_path):
     path.write_text("experiment: {large_model: mnist_cnn, seeds: [0, 1], sweeps: {peers: [2]}}\n")
     cfg = plan.load(path, ["experiment.seeds=[5]", "train.epochs=1", "experiment.sweeps={}"])
     assert cfg.experiment == {"large_model": "mnist_cnn", "seeds": [5], "sweeps": {}} and cfg.train.epochs == 1
+
+
+def test_more_seeds_or_sweeps_keep_the_arms_already_run():
+    """Arms are resumed by their config hash: extending the experiment must not change it."""
+    def hashes(exp):
+        c = cfg_with(exp)
+        return {a["name"]: config.config_hash(a["config"]) for a in plan.plan(c, plan.settings_from(c))}
+
+    before = hashes({"seeds": [0]})
+    after = hashes({"seeds": [0, 1], "sweeps": {"link.bandwidth": ["10Gbps", "100Mbps"]}})
+    assert set(before) < set(after)
+    assert all(after[name] == h for name, h in before.items())

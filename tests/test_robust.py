@@ -120,6 +120,19 @@ def test_clip_drops_a_flipped_final_flush(honest):
     assert cos(flat, torch.from_numpy(np.sum(rows[:3], axis=0)).float()) > 0.99
 
 
+def test_clip_gives_a_distrusted_senders_share_to_the_trusted_ones(honest):
+    h, rows = honest
+    p = policy("clip")
+    p.observe_own(update(0, h), NUMEL)
+    local = Local(step=0, confidence=0.5)
+    flat = torch.zeros(NUMEL)
+    for seq in range(4):
+        p.fold(flat, [update(1, rows[seq], seq=seq), update(2, rows[seq + 1], seq=seq),
+                      update(9, -rows[seq], seq=seq)], local)
+    assert p.stats["opposed"] == 4
+    assert p.trust_boost() == pytest.approx(4 / 3)  # (3 senders + us) / (2 trusted + us)
+
+
 def test_clip_direction_survives_a_checkpoint(honest):
     h, _ = honest
     p = policy("clip")
