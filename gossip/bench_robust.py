@@ -16,7 +16,7 @@ asynchronous swarm. So a cell is deterministic: ~1 minute of one core on the ful
 training split (the default); ``--jobs 2`` runs two cells at once.
 The transport itself is exercised by ``tests/test_faults.py``.
 
-Example: ``python -m gossip.bench robust --jobs 2 --out runs/robust`` (all 25 cells: ~13 min on
+Example: ``python -m gossip.bench robust --jobs 2 --out runs/robust`` (10 cells measured 4.5 min, so all 25 take ~11 min on
 2 cores); ``--policies uniform,clip`` for the recommended policy only.
 """
 
