@@ -242,6 +242,7 @@ def capture(worker: Worker, epoch: int, step: int) -> dict[str, Any]:
         "encoder": worker.encoder.state_dict(),
         "trigger": worker.trigger.state_dict(),
         "seq": worker.seq,
+        "adopted": list(worker.adopted),
         "applied": ledger_state(worker.applied),
         "policy": policy.state_dict() if hasattr(policy, "state_dict") else {},
         "attack": worker.attack.state_dict() if worker.attack is not None else {},
@@ -266,6 +267,7 @@ def restore(worker: Worker, state: dict[str, Any]) -> tuple[int, int]:
         worker.encoder.load_state_dict(state["encoder"])
         worker.trigger.load_state_dict(state["trigger"])
         worker.seq = int(state["seq"])
+        worker.adopt_shards(tuple(int(p) for p in state.get("adopted", [])))
         load_ledger(worker.applied, state["applied"])
         if state.get("policy") and hasattr(worker.policy, "load_state_dict"):
             worker.policy.load_state_dict(state["policy"])

@@ -42,6 +42,9 @@ class DataConfig:
     download: bool = True  # fetch torchvision data sets into root when missing (needs internet)
     limit_train: int = field(default=0, metadata=_range(0))  # 0: all samples; >0: first N (smoke tests)
     limit_test: int = field(default=0, metadata=_range(0))
+    # a peer that is down at an epoch start has its shard split among the live peers for that
+    # epoch (every peer can rebuild every shard: the partition is deterministic); false: its data is lost
+    adopt_down_shards: bool = True
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ Rules it enforces:
   When every live peer is *done* and all its updates up to ``last_seq`` have arrived, this
   peer is *delivered* (its model has everything) and announces ``complete``. It keeps
   relaying until every live peer is complete, so nobody on a sparse topology is cut off by
-  a neighbour leaving early.
+  a neighbour leaving early. A peer that announced ``complete`` is still waited for: it has
+  everything, but we may not have all of its updates yet (a lossy link; they are asked for
+  again, see :mod:`gossip.resend`, and given up after ``timeouts.silence_s`` at the latest).
 * **Liveness**: a peer not heard from (directly or via a relayed message) for
   ``timeouts.silence_s`` is *down*, and the others stop waiting for it; hearing from it
   again brings it back.
@@ -73,6 +75,24 @@ class Ledger:
             return True
         return False
 
+    def top(self, origin: int) -> int:
+        """The highest seq of ``origin`` seen (-1: none)."""
+        view = self.views[origin]
+        return max(view.above, default=view.floor - 1)
+
+    def missing(self, origin: int, *, window: int) -> list[int]:
+        """Seqs of ``origin`` not seen though a later one was (or its ``Done`` announced them), oldest first.
+
+        Only the newest ``window`` seqs of that span are looked at (a sender keeps only so many
+        for resending, and the scan stays bounded whatever a neighbour claims).
+        """
+        view = self.views[origin]
+        top = self.top(origin)
+        if view.last_seq is not None:
+            top = max(top, view.last_seq)
+        lo = max(view.floor, top + 1 - window)
+        return [s for s in range(lo, top + 1) if s not in view.above]
+
     def mark_done(self, origin: int, last_seq: int) -> bool:
         view = self.views[origin]
         first = view.last_seq is None
@@ -107,18 +127,26 @@ class Ledger:
         if view.last_seq is None:
             return 0
         missing = max(0, view.last_seq + 1 - view.seen_count())
-        view.floor = max(view.floor, view.last_seq + 1)
-        view.above = {s for s in view.above if s >= view.floor}
+        self.skip_below(origin, view.last_seq + 1)
         return missing
 
+    def skip_below(self, origin: int, seq: int) -> None:
+        """Count every seq of ``origin`` below ``seq`` as seen (an adopted state already holds them)."""
+        view = self.views[origin]
+        view.floor = max(view.floor, seq)
+        view.above = {s for s in view.above if s >= view.floor}
+        while view.floor in view.above:
+            view.above.remove(view.floor)
+            view.floor += 1
+
     def all_delivered(self) -> bool:
-        return all(v.down or v.complete or self._delivered(v) for v in self.views.values())
+        return all(v.down or self._delivered(v) for v in self.views.values())
 
     def all_complete(self) -> bool:
         return all(v.down or v.complete for v in self.views.values())
 
     def waiting_for(self) -> list[int]:
-        return [p for p, v in self.views.items() if not (v.down or v.complete or self._delivered(v))]
+        return [p for p, v in self.views.items() if not (v.down or self._delivered(v))]
 
     def down(self) -> list[int]:
         return [p for p, v in self.views.items() if v.down]

@@ -12,7 +12,8 @@ Main loop (every task owned here and cancelled on exit):
   ``(node_id, seq)``, relay new ones to the other neighbours on sparse topologies, and hand
   updates to the training thread;
 * ``outbox`` — send what the training thread produced to every neighbour;
-* ``tick`` — heartbeats, liveness (silent peers are marked down), telemetry;
+* ``tick`` — heartbeats, liveness (silent peers are marked down), requests for updates a lossy
+  link dropped (:mod:`gossip.resend`), telemetry;
 * the training thread itself (:class:`gossip.worker.Worker`).
 
 Shutdown: SIGINT/SIGTERM only set a flag; the thread stops after its batch, queues are
@@ -42,6 +43,7 @@ from gossip.ledger import Ledger
 from gossip.log import get_logger
 from gossip.models import build_model, count_params
 from gossip.partition import label_histogram, partition
+from gossip.resend import Resender
 from gossip.telemetry import TelemetryPublisher
 from gossip.train import Trainer, resolve_device, set_threads
 from gossip.transport import Transport
@@ -78,10 +80,12 @@ class Peer:
         self.neighbour_step: dict[int, int] = {}  # global step from each neighbour's heartbeats
         self.last_news: dict[int, float] = {}  # when each origin last sent a new update or Done
         self.updates_lost = 0  # given up after timeouts.silence_s (lossy links, crashes)
+        self.resend = Resender(peer_id)
         self.catching_up = False  # waiting for a neighbour's state: updates are recorded, not applied
         self.skipped_before_state = 0
         self.state_chunks: dict[int, wire.StateChunk] = {}
         self.state_from: int | None = None
+        self.unheard_since_state: set[int] = set()  # origins whose first seq after the state sets its floor
 
     # ================================================================ startup
     def _build(self) -> None:
@@ -107,6 +111,7 @@ class Peer:
         log.info("peer_built", model=cfg.model.name, params=self.params, device=str(device),
                  threads=threads, neighbours=self.neighbours, steps_per_epoch=trainer.steps_per_epoch)
         self.worker = Worker(cfg, self.peer_id, trainer, dataset, self.bridge, self.layout)
+        self.worker.down_peers = lambda: {p for p, view in self.ledger.views.items() if view.down}
         self.worker.checkpointer = checkpoint.Checkpointer(self.run_dir, self.peer_id, cfg.checkpoint,
                                                            resume=self.resume)
         if self.resume:
@@ -248,6 +253,7 @@ class Peer:
                 w.answer_state(item.node_id)
             else:
                 self.skipped_before_state += 1
+        self._skip_what_the_state_holds(first)
         checkpoint.load_ledger(w.applied, checkpoint.ledger_state(self.ledger))
         spe = tr.steps_per_epoch
         w.start_epoch = first.epoch
@@ -255,6 +261,21 @@ class Peer:
         tr.step_count = w.progress.global_step = first.step
         log.info("state_adopted", source=self.state_from, epoch=first.epoch, step=first.step,
                  skipped_updates=self.skipped_before_state)
+
+    def _skip_what_the_state_holds(self, first: wire.StateChunk) -> None:
+        """Older updates are in the adopted state: neither wait nor ask for them (nor apply them).
+
+        Of each origin, that is everything below the newest seq seen while catching up, or, for
+        one not heard yet, below the first seq that arrives (approximate, like the state itself).
+        """
+        for origin in self.ledger.views:
+            top = self.ledger.top(origin)
+            if top >= 0:
+                self.ledger.skip_below(origin, top + 1)
+            else:
+                self.unheard_since_state.add(origin)
+        self.ledger.skip_below(first.node_id, first.seq + 1)  # exact: the source's own last seq
+        self.unheard_since_state.discard(first.node_id)
 
     def _guarded_run(self) -> dict[str, Any]:
         threading.current_thread().name = f"train-{self.peer_id}"
@@ -311,6 +332,10 @@ class Peer:
             log.info("state_requested", by=sender)
             if hasattr(self, "worker"):
                 self.worker.answer_state_now(sender)  # waits for at most the batch in progress
+        elif isinstance(msg, wire.ResendRequest):
+            if msg.node_id != sender:
+                raise ProtocolError("spoofed_node_id", f"neighbour {sender} asked resend for {msg.node_id}")
+            self.resend.answer(msg, self.transport.send)
         elif isinstance(msg, wire.StateChunk):
             if self.catching_up and sender == self.state_from == msg.node_id:
                 self.state_chunks[msg.offset] = msg
@@ -337,12 +362,16 @@ class Peer:
         self._check_origin(sender, update.node_id)
         if not self.ledger.in_window(update.node_id, update.seq):
             raise ProtocolError("seq_out_of_window", f"seq {update.seq} from {update.node_id}")
+        if update.node_id in self.unheard_since_state:
+            self.unheard_since_state.discard(update.node_id)
+            self.ledger.skip_below(update.node_id, update.seq)
         if not self.ledger.first_time(update.node_id, update.seq):
             self.duplicates += 1
             log.debug("update_duplicate", node_id=update.node_id, seq=update.seq, sender=sender)
             return
         self.ledger.heard(update.node_id, now)
         self.last_news[update.node_id] = now
+        self.resend.arrived(update.node_id, update.seq)
         if self.relay:
             self.updates_sent += self.transport.broadcast(wire.relay(data, from_id=self.peer_id),
                                                           exclude=(sender, update.node_id))
@@ -356,6 +385,8 @@ class Peer:
         if done.node_id == self.peer_id and self.relay:
             return
         self._check_origin(sender, done.node_id)
+        if done.complete:  # carries last_seq too: every earlier Done may have been lost on the way
+            self.ledger.mark_done(done.node_id, done.last_seq)
         first = (self.ledger.mark_complete(done.node_id) if done.complete
                  else self.ledger.mark_done(done.node_id, done.last_seq))
         if first:
@@ -384,6 +415,7 @@ class Peer:
                 _, seq, data, reason = item
                 self.triggers[reason] = self.triggers.get(reason, 0) + 1
                 self.updates_sent += self.transport.broadcast(data)
+                self.resend.sent(seq, data)
                 if reason == FINAL and self.cfg.link.drop > 0:  # a lossy link: the flush carries the
                     self.transport.broadcast(data)  # whole residual, so it goes twice (dropped if both arrive)
                 log.debug("update_sent", seq=seq, bytes=len(data), trigger=reason)
@@ -417,6 +449,9 @@ class Peer:
             for peer in self.ledger.check_down(now, self.cfg.timeouts.silence_s):
                 log.warning("peer_down", peer=peer, silent_s=self.cfg.timeouts.silence_s)
                 self._check_finish()
+            if not self.catching_up:  # the awaited state holds what is missing now
+                self.resend.ask(self.ledger, [n for n in self.neighbours if not self.ledger.views[n].down],
+                                self.transport.send)
             self._publish()
             await asyncio.sleep(min(self.cfg.dashboard.interval_s, HEARTBEAT_EVERY_S))
 
@@ -447,7 +482,7 @@ class Peer:
             "updates_sent": self.updates_sent,
             "updates_applied": self.worker.progress.updates_applied,
             "updates_rejected": sum(self.rejected.values()) + self.worker.progress.updates_rejected_by_policy,
-            "rejected_by_reason": dict(self.rejected), "duplicates": self.duplicates,
+            "rejected_by_reason": dict(self.rejected), "duplicates": self.duplicates, **self.resend.counts,
             "triggers": dict(self.triggers),
             "dense_equivalent_bytes": dense,
             "compression_ratio": dense / tr.bytes_sent if tr.bytes_sent else None,

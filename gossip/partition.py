@@ -54,6 +54,17 @@ def partition(labels: torch.Tensor, peers: int, cfg: DataConfig, seed: int) -> l
     return out
 
 
+def share_of_down(shards: list[torch.Tensor], peer_id: int, down: set[int]) -> torch.Tensor:
+    """The indices ``peer_id`` takes over from the ``down`` peers' shards: each down shard is dealt
+    round-robin among the live peers, so together they cover it exactly once (empty if ``peer_id``
+    is down itself or nobody is)."""
+    live = [p for p in range(len(shards)) if p not in down]
+    if peer_id not in live or not down:
+        return torch.empty(0, dtype=torch.long)
+    me = live.index(peer_id)
+    return torch.cat([shards[p][me::len(live)] for p in sorted(down)])
+
+
 def label_histogram(labels: torch.Tensor, indices: torch.Tensor, num_classes: int) -> list[int]:
     """Count of each class among ``labels[indices]``."""
     counts = torch.bincount(labels[indices].cpu(), minlength=num_classes)

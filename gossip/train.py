@@ -109,8 +109,8 @@ class Trainer:
         self.step_count = 0  # optimizer steps taken: the schedule position
 
         # Data lives on the training device once; batches are gathered from it.
-        self.images = train.images.to(device)
-        self.labels = train.labels.to(device)
+        self.images = self.own_images = train.images.to(device)
+        self.labels = self.own_labels = train.labels.to(device)
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(dataset.mean, device=device).view(shape)
         self.std = torch.tensor(dataset.std, device=device).view(shape)
@@ -169,8 +169,20 @@ class Trainer:
         x = normalize(images, self.mean, self.std)
         return x.contiguous(memory_format=self.memory_format)
 
+    def set_extra(self, extra: Split | None) -> None:
+        """Train on this split's samples too (a down peer's share), or on the own split only (None).
+
+        Steps per epoch stay as they are, so the schedule and the data position of checkpoints
+        keep their meaning: an epoch then draws its batches from a random subset of the pool.
+        """
+        if extra is None or len(extra) == 0:
+            self.images, self.labels = self.own_images, self.own_labels
+            return
+        self.images = torch.cat([self.own_images, extra.images.to(self.device)])
+        self.labels = torch.cat([self.own_labels, extra.labels.to(self.device)])
+
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This epoch's (inputs, labels) batches: the same for the same (seed, epoch)."""
+        """This epoch's (inputs, labels) batches: the same for the same (seed, epoch) and pool."""
         gen = torch.Generator().manual_seed(_mix(self.seed, epoch))
         order = torch.randperm(len(self.labels), generator=gen).to(self.device)
         for i in range(self.steps_per_epoch):

@@ -28,14 +28,17 @@ from gossip.log import get_logger
 log = get_logger(__name__)
 
 __all__ = [
-    "PROTOCOL_VERSION", "REASONS", "DecodedUpdate", "Done", "Heartbeat", "Hello", "Limits", "Message",
-    "StateChunk", "StateRequest", "pack_done", "pack_heartbeat", "pack_hello", "pack_state_chunks",
-    "pack_state_request", "pack_update", "relay", "unpack",
+    "MAX_RESEND_SEQS", "PROTOCOL_VERSION", "REASONS", "DecodedUpdate", "Done", "Heartbeat", "Hello", "Limits",
+    "Message", "ResendRequest", "StateChunk", "StateRequest", "pack_done", "pack_heartbeat", "pack_hello",
+    "pack_resend_request", "pack_state_chunks", "pack_state_request", "pack_update", "relay", "unpack",
 ]
 
 MAX_CONFIG_HASH_CHARS = 64
 MAX_ADDRESS_CHARS = 256
 STATE_CHUNK_BYTES = 4 << 20  # fp32 bytes per StateChunk: 1 Mi elements, well under any sane max_message_bytes
+# Seqs per ResendRequest: bounds the work one request can ask of its addressee (and its frame is
+# ~10 bytes per seq); a receiver with more gaps asks again on its next round (gossip.resend).
+MAX_RESEND_SEQS = 64
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,14 @@ class StateChunk:
         return self.offset + self.values.numel() == self.total
 
 
-Message = DecodedUpdate | Hello | Heartbeat | Done | StateRequest | StateChunk
+@dataclass(frozen=True)
+class ResendRequest:
+    node_id: int            # the requester
+    origin: int             # whose updates are missing (the addressee answers only for itself)
+    seqs: tuple[int, ...]   # strictly increasing, 1 .. MAX_RESEND_SEQS of them
+
+
+Message = DecodedUpdate | Hello | Heartbeat | Done | StateRequest | StateChunk | ResendRequest
 
 
 # ---------------------------------------------------------------- packing (trusted, our own data)
@@ -151,6 +161,15 @@ def pack_done(*, node_id: int, last_seq: int, complete: bool = False) -> bytes:
 def pack_state_request(*, node_id: int, schema_hash: int) -> bytes:
     env = _envelope(node_id)
     env.state_request.CopyFrom(pb.StateRequest(node_id=node_id, schema_hash=schema_hash))
+    return env.SerializeToString()
+
+
+def pack_resend_request(*, node_id: int, origin: int, seqs: list[int] | tuple[int, ...]) -> bytes:
+    """Ask ``origin`` to send its updates ``seqs`` again (strictly increasing, at most MAX_RESEND_SEQS)."""
+    if not 1 <= len(seqs) <= MAX_RESEND_SEQS or any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
+        raise ValueError(f"resend seqs must be 1..{MAX_RESEND_SEQS} strictly increasing, got {len(seqs)}")
+    env = _envelope(node_id)
+    env.resend_request.CopyFrom(pb.ResendRequest(node_id=node_id, origin=origin, seqs=seqs))
     return env.SerializeToString()
 
 
@@ -234,6 +253,18 @@ def _state_chunk(env: pb.Envelope, limits: Limits) -> StateChunk:
                       offset=int(msg.offset), values=torch.from_numpy(values), total=int(msg.total))
 
 
+def _resend_request(env: pb.Envelope, limits: Limits) -> ResendRequest:
+    msg = env.resend_request
+    node_id = _node(msg.node_id, limits, "node_id")
+    origin = _node(msg.origin, limits, "origin")
+    if not 1 <= len(msg.seqs) <= MAX_RESEND_SEQS:
+        reject("bad_field", f"resend request for {len(msg.seqs)} seqs, not 1..{MAX_RESEND_SEQS}")
+    seqs = tuple(int(s) for s in msg.seqs)
+    if any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
+        reject("bad_field", "resend seqs not strictly increasing")
+    return ResendRequest(node_id=node_id, origin=origin, seqs=seqs)
+
+
 def _body(env: pb.Envelope, limits: Limits, size: int) -> Message:
     kind = env.WhichOneof("body")
     if kind == "update":
@@ -253,6 +284,8 @@ def _body(env: pb.Envelope, limits: Limits, size: int) -> Message:
         return StateRequest(node_id=_node(env.state_request.node_id, limits, "node_id"))
     if kind == "state_chunk":
         return _state_chunk(env, limits)
+    if kind == "resend_request":
+        return _resend_request(env, limits)
     reject("unknown_message", "envelope without a known body")
 
 

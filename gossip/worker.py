@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ from gossip.config import Config
 from gossip.data import Dataset, Split
 from gossip.ledger import Ledger
 from gossip.log import get_logger
+from gossip.partition import partition, share_of_down
 from gossip.train import Trainer
 from gossip.trigger import FINAL, Trigger
 
@@ -84,6 +86,8 @@ class Worker:
                                                  momentum=cfg.train.momentum)
         self.trigger = Trigger(cfg.communication)
         self.policy = aggregate.make_policy(cfg.communication)
+        if hasattr(self.policy, "bind_direction"):  # a robust policy that judges updates by our direction
+            self.policy.bind_direction(self.feedback.residual)
         self.progress = Progress()
         self.start_epoch = start_epoch
         self.exact = cfg.communication.consensus == "exact"
@@ -102,6 +106,10 @@ class Worker:
         # held while the model changes (fold in, step, checkpoint), so the loop thread can take a
         # consistent snapshot for a neighbour's StateRequest without waiting for an evaluation
         self.state_lock = threading.Lock()
+        # The node sets this to read which peers its ledger has marked down (the default: nobody,
+        # as in the lock-step bench). At each epoch start their shards are shared out (adopt_shards).
+        self.down_peers: Callable[[], set[int]] = set
+        self.adopted: tuple[int, ...] = ()  # the down peers whose shards this epoch trains on too
         self._prev = torch.empty_like(trainer.flat)
         self._delta = torch.empty_like(trainer.flat)
 
@@ -111,6 +119,8 @@ class Worker:
         self.progress.state = "training"
         for epoch in range(self.start_epoch, cfg.train.epochs):
             self.progress.epoch = epoch
+            if not (epoch == self.start_epoch and self.start_step > 0):  # a resumed epoch keeps its pool
+                self.adopt_shards(tuple(sorted(self.down_peers() - {self.peer_id})))
             self.bridge.to_loop(("epoch", epoch))
             loss_sum, batches, t0 = 0.0, 0, time.monotonic()
             for step, (x, y) in enumerate(tr.batches(epoch)):
@@ -145,6 +155,27 @@ class Worker:
         if reason is not None:
             self.send_update(reason)
         return stats.loss
+
+    def adopt_shards(self, down: tuple[int, ...]) -> None:
+        """Train this epoch on our share of the ``down`` peers' shards too (``data.adopt_down_shards``).
+
+        A peer that dies mid-run takes its data with it; the live peers, dealing its shard among
+        them (:func:`gossip.partition.share_of_down`), keep the swarm training on the whole data
+        set. A peer that comes back is dropped again at the next epoch start.
+        """
+        if not self.cfg.data.adopt_down_shards:
+            down = ()
+        if down == self.adopted:
+            return
+        self.adopted = down
+        if not down:
+            self.trainer.set_extra(None)
+            log.info("shards_released")
+            return
+        shards = partition(self.dataset.train.labels, self.cfg.peers, self.cfg.data, self.cfg.seed)
+        idx = share_of_down(shards, self.peer_id, set(down))
+        self.trainer.set_extra(Split(self.dataset.train.images[idx], self.dataset.train.labels[idx]))
+        log.info("shards_adopted", down=list(down), samples=len(idx))
 
     def fold_in(self, items: list[Any]) -> bool:
         """Apply decoded neighbour updates; True when the loop said FINISHED among them."""
@@ -247,7 +278,7 @@ class Worker:
             with torch.no_grad():
                 mine = wire.unpack(data if honest is None else wire.pack_update(honest, **header), self.limits)
                 aggregate.apply(self.trainer.flat, mine, self.own_weight)  # type: ignore[arg-type]
-                if hasattr(self.policy, "observe_own"):  # a robust policy that judges by our direction
+                if hasattr(self.policy, "observe_own"):  # a robust policy that keeps our final flush
                     self.policy.observe_own(mine, self.trainer.flat.numel())
         self.bridge.to_loop(("update", self.seq, data, reason))
         self.seq += 1

@@ -3,7 +3,7 @@
 One swarm size for all of them (``BASE``), so every test can compare against the same clean
 runs (:func:`clean_runs`, computed once per test session and shared). ``BASE`` trains 4
 epochs over a small shard at a moderate learning rate so that the swarm ends near its plateau
-(~97 %), where run-to-run noise is a few tenths of a point rather than the 1-2 points of a
+(~98 %), where run-to-run noise is a few tenths of a point rather than the 1-2 points of a
 swarm stopped halfway up the learning curve.
 """
 
@@ -26,7 +26,7 @@ from gossip import config
 
 PEERS = 4
 BASE = {
-    "peers": PEERS, "model.name": "mnist_tiny", "data.limit_train": 8000, "data.limit_test": 2000,
+    "peers": PEERS, "model.name": "mnist_tiny", "data.limit_train": 16000, "data.limit_test": 2000,
     "train.epochs": 4, "train.batch_size": 16, "train.lr": 0.05, "train.threads": 1,
     "timeouts.startup_s": 30, "timeouts.silence_s": 3, "timeouts.finish_s": 10,
     "checkpoint.every_epochs": 1, "dashboard.enabled": False,
@@ -152,7 +152,7 @@ def sigcont(proc: subprocess.Popen[str]) -> None:
     os.kill(proc.pid, signal.SIGCONT)
 
 
-CLEAN_RUNS = 2
+CLEAN_RUNS = 3
 _CLEAN: list[dict[int, dict[str, Any]]] = []
 
 
@@ -161,8 +161,9 @@ def clean_runs(run_dir: Path) -> list[dict[int, dict[str, Any]]]:
 
     Why more than one: an asynchronous swarm is not deterministic (when an update arrives
     relative to a peer's steps depends on the machine's load), and at these tiny sizes two
-    clean runs of the same seed differ by 1-2 accuracy points. A fault's effect is judged
-    against the lowest clean run, so a test fails on a real loss, not on that noise.
+    clean runs of the same seed differ by up to about 0.4 accuracy points (measured: 97.60 to
+    98.00 over four runs; 96.80 to 97.50 over eleven with half the data). A fault's effect is judged against the lowest clean run, so a test fails on a real
+    loss, not on that noise.
     """
     while len(_CLEAN) < CLEAN_RUNS:
         d = run_dir / f"clean-{len(_CLEAN)}"

@@ -211,6 +211,28 @@ def test_resume_from_an_epoch_checkpoint_is_bit_exact(setup, tmp_path):
     assert timeless(straight.progress.history) == timeless(resumed.progress.history)
 
 
+def test_a_down_peers_shard_is_adopted_and_a_resume_keeps_it(setup, tmp_path):
+    """Peer 1 is down: peer 0 trains on its own shard plus peer 1's (the only other live peer),
+    and a stop + resume mid-epoch continues bit for bit on that same pool."""
+    def down(worker):
+        worker.down_peers = lambda: {1}
+        return worker
+
+    straight = down(make(setup, tmp_path / "a"))
+    straight.run()
+    assert straight.adopted == (1,)
+    assert len(straight.trainer.labels) == len(setup[2][0]) + len(setup[2][1])
+    first = down(make(setup, tmp_path / "b", stop_at=STEPS + 4))
+    assert first.run()["stopped"]
+    resumed = make(setup, tmp_path / "c")  # nobody down any more, but the resumed epoch keeps its pool
+    _, st = checkpoint.latest(tmp_path / "b" / "checkpoints" / "peer-0")
+    resumed.start_epoch, resumed.start_step = checkpoint.restore(resumed, st)
+    assert resumed.adopted == (1,)
+    resumed.down_peers = lambda: {1}
+    resumed.run()
+    assert torch.equal(straight.trainer.flat, resumed.trainer.flat)
+
+
 def test_restore_refuses_another_peer_or_model(setup, tmp_path):
     w = make(setup, tmp_path)
     st = checkpoint.capture(w, 0, 0)

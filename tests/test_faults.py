@@ -2,7 +2,7 @@
 
 Accuracy after a fault is compared with fault-free swarms of the same config and seed
 (``faultkit.clean_runs``, run once per session): it must not fall more than 0.5 points below
-the lowest of them (clean runs themselves differ by 1-2 points, see faultkit).
+the lowest of them (clean runs themselves differ by up to about 0.4 points, see faultkit).
 What must hold is in each docstring. A peer "applied an update twice" if it folded in more
 updates of an originator than that originator has used sequence numbers (``applied_by_origin``,
 counted by the training thread after the node's (node_id, seq) de-duplication).
@@ -23,11 +23,6 @@ from gossip import launch
 pytestmark = pytest.mark.slow
 
 TOLERANCE = 0.005  # 0.5 accuracy points
-# Losing a peer's shard (kill -9) or 10% of the updates (lossy link) costs real accuracy at this
-# tiny setting: measured 0.15-0.9 points below the lower of two clean runs across CI runs, so the
-# issue's 0.5-point bar is not met reliably (issue 7, open). These two tests assert 1.5 points:
-# they catch a collapse, not that bar.
-DATA_LOSS_TOLERANCE = 0.015
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +41,8 @@ def assert_no_double_application(results):
 
 
 def test_kill9_one_of_four_the_others_finish(clean, tmp_path):
-    """kill -9 a peer mid-epoch: the others mark it down and finish; accuracy within 1.5 points of clean."""
+    """kill -9 a peer mid-epoch: the others mark it down, share out its shard from the next epoch
+    (data.adopt_down_shards) and finish; accuracy within 0.5 points of clean."""
     cfg = fk.make_cfg()
     _, procs = fk.start_swarm(tmp_path, cfg)
     try:
@@ -63,7 +59,9 @@ def test_kill9_one_of_four_the_others_finish(clean, tmp_path):
         assert 3 in results[p]["peers_down"]
         fk.wait_event(tmp_path, p, "peer_down", timeout=1, peer=3)
     assert_no_double_application(results)
-    assert fk.mean_accuracy(results) >= clean - DATA_LOSS_TOLERANCE
+    for p in range(3):
+        fk.wait_event(tmp_path, p, "shards_adopted", timeout=1, down=[3])
+    assert fk.mean_accuracy(results) >= clean - TOLERANCE
 
 
 def test_kill9_then_resume_rejoins_and_agrees(clean, tmp_path):
@@ -147,17 +145,24 @@ def test_sigstop_10s_nobody_blocks_past_the_timeout(clean, tmp_path):
 
 def test_lossy_link_drop_duplicate_reorder(clean, tmp_path):
     """10% of messages dropped, 10% duplicated, 10% reordered on every link: duplicates are
-    dropped (none applied twice), lost updates are given up after silence_s, nobody hangs,
-    accuracy within 1.5 points of clean (see DATA_LOSS_TOLERANCE)."""
+    dropped (none applied twice), dropped updates are asked for again (ResendRequest) and all
+    arrive, nobody hangs, accuracy within 0.5 points of clean."""
     cfg = fk.make_cfg(**{"link.drop": 0.1, "link.duplicate": 0.1, "link.reorder": 0.1})
     _, procs = fk.start_swarm(tmp_path, cfg)
     codes = fk.wait_all(procs)
     assert codes == dict.fromkeys(range(4), 0)
     results = {p: fk.result(tmp_path, p) for p in range(4)}
     assert sum(r["duplicates"] for r in results.values()) > 0
-    assert sum(r["updates_lost"] for r in results.values()) > 0
+    assert sum(r["resent"] for r in results.values()) > 0
+    expected = sum(r["next_seq"] for r in results.values()) * (len(results) - 1)  # updates to receive
+    # A resend can be lost too (each ask and answer crosses the same lossy link; 5 asks), so a
+    # rare update is given up: measured 0 or 1 of ~1000. Without resends it was ~10%.
+    assert sum(r["updates_lost"] for r in results.values()) <= 0.01 * expected
+    for p, r in results.items():  # every update of every other peer was folded in, but the given-up ones
+        for origin, n in r["applied_by_origin"].items():
+            assert n >= results[int(origin)]["next_seq"] - r["updates_lost"], f"peer {p}: {n} updates of {origin}"
     assert_no_double_application(results)
-    assert fk.mean_accuracy(results) >= clean - DATA_LOSS_TOLERANCE
+    assert fk.mean_accuracy(results) >= clean - TOLERANCE
 
 
 def test_graceful_stop_then_resume_the_whole_launch(clean, tmp_path):

@@ -21,7 +21,7 @@ import psutil
 import pytest
 import zmq
 
-from gossip import config, wire
+from gossip import config, resend, wire
 from gossip._proto import gossip_pb2 as pb
 from gossip.attacks import build_update
 from gossip.codec import Layout
@@ -234,3 +234,75 @@ def test_hostile_inputs_are_rejected_and_training_is_unharmed(data_root, tmp_pat
     for p in (1, 2):  # the victim applied nothing its unattacked neighbours did not (what the flood
         # made it drop may differ: the same allowance as against the clean run; 1e-9: 6/2000 is 0.003)
         assert abs(victim["test_accuracy"] - results[p]["test_accuracy"]) <= TOLERANCE + noise + 1e-9
+
+
+# ---------------------------------------------------------------- resend requests (gossip.resend)
+
+RESEND_FLOOD = 2000  # valid requests for 64 seqs each: 128,000 resends asked of peer 0
+
+
+def own_updates(inbox: zmq.Socket, limits: wire.Limits, seconds: float) -> list[int]:
+    """Seqs of peer 0's updates that reach the client's inbox in the next ``seconds``."""
+    seqs = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if not inbox.poll(int(left * 1000) + 1):
+            break
+        frames = inbox.recv_multipart()
+        msg = wire.unpack(frames[-1], limits)
+        if frames[0] == b"p0" and isinstance(msg, wire.DecodedUpdate) and msg.node_id == 0:
+            seqs.append(msg.seq)
+    return seqs
+
+
+def test_resend_requests_are_checked_and_bounded(data_root, tmp_path):
+    """Peer 0 answers a valid ResendRequest with the very updates asked for, to the requester;
+    rejects one asking too much or naming another requester, with the reason counted; refuses
+    to answer for another origin; and a flood of valid requests costs it at most
+    ``BURST + RATE_PER_S x time`` resends, every refused one counted."""
+    cfg = fk.make_cfg(**{"security.max_message_bytes": MAX_BYTES, "train.epochs": 1,
+                         "data.limit_train": 4000, "data.limit_test": 1000})
+    lay = layout_of(cfg)
+    limits = wire.Limits(numel=lay.numel, schema_hash=lay.schema_hash, max_bytes=MAX_BYTES, peers=cfg.peers)
+    _, procs = fk.start_swarm(tmp_path, cfg, ids=[0, 1, 2])
+    client = Client(cfg)
+    inbox = client.ctx.socket(zmq.ROUTER)  # peer 3's inbox: peer 0's answers come here
+    inbox.setsockopt(zmq.LINGER, 0)
+    inbox.bind(f"tcp://127.0.0.1:{cfg.topology.base_port + 3}")
+    try:
+        deadline = time.monotonic() + 120
+        seen: list[int] = []
+        while len(seen) < 8:  # saying hello keeps the swarm waiting for us; peer 0 sends updates
+            client.hello()
+            seen += own_updates(inbox, limits, 0.5)
+            assert time.monotonic() < deadline, "peer 0 never sent 8 updates"
+        target = client.socks[0]
+        too_many = pb.Envelope(version=wire.PROTOCOL_VERSION, from_id=3)
+        too_many.resend_request.node_id, too_many.resend_request.origin = 3, 0
+        too_many.resend_request.seqs[:] = range(wire.MAX_RESEND_SEQS + 1)
+        target.send(too_many.SerializeToString())
+        target.send(wire.pack_resend_request(node_id=1, origin=0, seqs=[0]))  # on behalf of peer 1
+        target.send(wire.pack_resend_request(node_id=3, origin=1, seqs=list(range(64))))  # not peer 0's
+        own_updates(inbox, limits, 0.2)
+        target.send(wire.pack_resend_request(node_id=3, origin=0, seqs=list(range(8))))
+        again = own_updates(inbox, limits, 1.0)
+        assert set(range(8)) <= set(again), f"asked for seqs 0-7 again, got {sorted(again)}"
+        t0 = time.monotonic()
+        flood = wire.pack_resend_request(node_id=3, origin=0, seqs=list(range(wire.MAX_RESEND_SEQS)))
+        for _ in range(RESEND_FLOOD):
+            target.send(flood)
+        inbox.close(0)  # not reading any more: the answers back up into peer 0's bounded link queue
+        codes = fk.wait_all(procs)
+        elapsed = time.monotonic() - t0
+    finally:
+        inbox.close(0)
+        client.close()
+        fk.kill_all(procs)
+    assert codes == {0: 0, 1: 0, 2: 0}
+    victim = fk.result(tmp_path, 0)
+    counted = victim["rejected_by_reason"]
+    assert counted.get("bad_field", 0) >= 1 and counted.get("spoofed_node_id", 0) >= 1, counted
+    asked = 64 + 8 + RESEND_FLOOD * wire.MAX_RESEND_SEQS
+    answered = victim["resent"] + victim["resend_refused"] + victim["resend_missing"]
+    assert answered >= asked  # every seq asked of it is accounted for (others' legit asks come on top)
+    assert victim["resent"] <= 8 + resend.BURST + resend.RATE_PER_S * elapsed, victim["resent"]

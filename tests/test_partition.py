@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from gossip.config import DataConfig
 from gossip.errors import ConfigError
 from gossip.log import configure
-from gossip.partition import label_histogram, partition
+from gossip.partition import label_histogram, partition, share_of_down
 
 
 def _labels(n: int = 6000, classes: int = 10, seed: int = 0) -> torch.Tensor:
@@ -126,3 +126,14 @@ def test_histograms_are_logged(tmp_path: Path) -> None:
     assert event["peers"] == 3 and event["kind"] == "shards"
     assert event["label_histograms"] == [label_histogram(labels, p, 10) for p in parts]
     assert event["sizes"] == [len(p) for p in parts]
+
+
+def test_a_down_peers_shard_is_dealt_among_the_live_peers_exactly_once():
+    labels = torch.arange(1000) % 10
+    shards = partition(labels, 4, DataConfig(), seed=0)
+    parts = [share_of_down(shards, p, {1, 3}) for p in range(4)]
+    assert parts[1].numel() == 0 and parts[3].numel() == 0  # down peers take nothing
+    taken = torch.cat([parts[0], parts[2]])
+    assert sorted(taken.tolist()) == sorted(torch.cat([shards[1], shards[3]]).tolist())
+    assert abs(parts[0].numel() - parts[2].numel()) <= 2
+    assert share_of_down(shards, 0, set()).numel() == 0

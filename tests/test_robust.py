@@ -96,7 +96,7 @@ def test_clip_drops_updates_against_our_own_direction(honest):
     h, rows = honest
     p = policy("clip")
     flat = torch.zeros(NUMEL)
-    p.observe_own(update(0, h), NUMEL)
+    p.bind_direction(torch.from_numpy(h).float())
     local = Local(step=0, confidence=0.5)
     p.fold(flat, [update(1, -rows[0])], local)
     assert float(flat.abs().sum()) == 0.0 and p.stats["opposed"] == 1
@@ -111,7 +111,7 @@ def test_clip_drops_a_flipped_final_flush(honest):
     """Final (dense) updates are windowed: a sign-flipped row is dropped there too."""
     h, rows = honest
     p = policy("clip")
-    p.observe_own(update(0, h), NUMEL)
+    p.bind_direction(torch.from_numpy(h).float())
     flat = torch.zeros(NUMEL)
     finals = [update(s, r, seq=1, final=True) for s, r in enumerate(rows[:3], start=1)]
     p.fold(flat, [*finals, update(9, -5 * h, seq=1, final=True)], Local(step=0, confidence=0.5))
@@ -123,24 +123,56 @@ def test_clip_drops_a_flipped_final_flush(honest):
 def test_clip_gives_a_distrusted_senders_share_to_the_trusted_ones(honest):
     h, rows = honest
     p = policy("clip")
-    p.observe_own(update(0, h), NUMEL)
+    p.bind_direction(torch.from_numpy(h).float())
     local = Local(step=0, confidence=0.5)
     flat = torch.zeros(NUMEL)
     for seq in range(4):
         p.fold(flat, [update(1, rows[seq], seq=seq), update(2, rows[seq + 1], seq=seq),
                       update(9, -rows[seq], seq=seq)], local)
-    assert p.stats["opposed"] == 4
+    assert p.stats["opposed"] == 3 and p.stats["distrusted"] == 1  # the 4th check makes it distrusted
     assert p.trust_boost() == pytest.approx(4 / 3)  # (3 senders + us) / (2 trusted + us)
 
 
-def test_clip_direction_survives_a_checkpoint(honest):
-    h, _ = honest
+def test_clip_distrusts_by_the_mean_cosine_not_single_verdicts():
+    """A sender that alternates weak agreement with strong opposition is opposed only half the
+    time (no majority) but distrusted by its mean cosine; an honest sender with one opposed
+    update among agreeing ones stays trusted."""
     p = policy("clip")
-    p.observe_own(update(0, h), NUMEL)
+    own = np.zeros(NUMEL, dtype=np.float32)
+    own[:2] = 1.0
+    p.bind_direction(torch.from_numpy(own))
+    good = np.zeros(NUMEL, dtype=np.float32)
+    good[:3] = [1.0, 1.0, 0.5]
+    weak = np.zeros(NUMEL, dtype=np.float32)
+    weak[:3] = [0.1, 0.0, 1.0]  # cosine with ours about +0.07
+    local = Local(step=0, confidence=0.5)
+    flat = torch.zeros(NUMEL)
+    for seq in range(robust.DISTRUST_MIN):
+        p.fold(flat, [update(1, -good if seq % 2 else weak, seq=seq),
+                      update(2, -good if seq == 1 else good, seq=seq)], local)
+    assert p.stats["opposed"] == 2  # seq 1 of both senders
+    assert p.stats["distrusted"] == 1  # sender 1's 4th update: mean cosine below DISTRUST_MEAN_COS
+    assert p.trust_boost() == pytest.approx(3 / 2)
+
+
+def test_clip_trust_and_final_reference_survive_a_checkpoint(honest):
+    """A distrusted sender stays distrusted after a restart, and our final flush stays the reference."""
+    h, rows = honest
+    p = policy("clip")
+    p.bind_direction(torch.from_numpy(h).float())
+    for seq in range(robust.DISTRUST_MIN):
+        p.fold(torch.zeros(NUMEL), [update(9, -rows[seq], seq=seq)], Local(step=0, confidence=0.5))
+    p.observe_own(update(0, -h, seq=5, final=True), NUMEL)  # our final flush points the other way
     q = policy("clip")
     q.load_state_dict(p.state_dict())
-    q.fold(torch.zeros(NUMEL), [update(1, -h)], Local(step=0, confidence=0.5))
-    assert q.stats["opposed"] == 1
+    q.bind_direction(torch.from_numpy(h).float())
+    assert q.trust_boost() == pytest.approx(2 / 1)
+    q.fold(torch.zeros(NUMEL), [update(9, h, seq=4)], Local(step=0, confidence=0.5))  # agrees, once
+    assert q.stats["distrusted"] == p.stats["distrusted"] + 1
+    flat = torch.zeros(NUMEL)
+    q.fold(flat, [update(s, r, seq=1, final=True) for s, r in enumerate([h, -h], start=1)], Local(step=0, confidence=0.5))
+    q.flush(flat)
+    assert cos(flat, torch.from_numpy(-h).float()) > 0.99  # judged by the final, not the live residual
 
 
 def test_sparse_semantics_missing_is_zero():

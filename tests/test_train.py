@@ -174,6 +174,21 @@ def test_a_shard_trains() -> None:
     assert sum(len(y) for _, y in tr.batches(0)) == 25
 
 
+def test_extra_samples_join_the_pool_without_changing_the_epoch_length() -> None:
+    ds = _dataset(n=40)
+    own = Split(ds.train.images[:20], ds.train.labels[:20])
+    extra = Split(ds.train.images[20:], ds.train.labels[20:] + 100)  # labels marked to tell them apart
+    tr = Trainer(_cfg(), _model(), own, ds, device=CPU, seed=0)
+    before = list(tr.batches(0))
+    tr.set_extra(extra)
+    assert tr.steps_per_epoch == 2  # the schedule keeps its length
+    drawn = torch.cat([y for _, y in tr.batches(0)])
+    assert len(drawn) == 32 and bool((drawn >= 100).any()) and bool((drawn < 100).any())
+    tr.set_extra(None)
+    after = list(tr.batches(0))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(before, after, strict=True))
+
+
 # ---------------------------------------------------------------- schedule
 
 

@@ -204,3 +204,27 @@ def test_reason_codes_are_snake_case_and_unique():
     assert len(set(wire.REASONS)) == len(wire.REASONS)
     assert all(r.replace("_", "").isalpha() and r.islower() for r in wire.REASONS)
     assert np.all([isinstance(r, str) for r in wire.REASONS])
+
+
+def test_resend_request_roundtrip_and_checks():
+    data = wire.pack_resend_request(node_id=1, origin=2, seqs=[3, 4, 9])
+    assert wire.unpack(data, LIMITS) == wire.ResendRequest(node_id=1, origin=2, seqs=(3, 4, 9))
+    env = envelope(data)
+    assert len(env.resend_request.SerializeToString()) < 16  # seqs are packed: one tag for all
+    env.resend_request.node_id = 4
+    assert reason(env.SerializeToString()) == "bad_node_id"
+    env = envelope(data)
+    env.resend_request.origin = 77
+    assert reason(env.SerializeToString()) == "bad_node_id"
+    for seqs in ([], [5, 5], [9, 3], list(range(wire.MAX_RESEND_SEQS + 1))):
+        env = envelope(data)
+        env.resend_request.seqs[:] = seqs
+        assert reason(env.SerializeToString()) == "bad_field"
+    env.resend_request.seqs[:] = list(range(wire.MAX_RESEND_SEQS))
+    assert len(wire.unpack(env.SerializeToString(), LIMITS).seqs) == wire.MAX_RESEND_SEQS  # type: ignore[union-attr]
+
+
+def test_pack_resend_request_refuses_what_unpack_would():
+    for seqs in ([], [2, 1], list(range(wire.MAX_RESEND_SEQS + 1))):
+        with pytest.raises(ValueError):
+            wire.pack_resend_request(node_id=0, origin=1, seqs=seqs)

@@ -171,6 +171,7 @@ class Envelope(google.protobuf.message.Message):
     DONE_FIELD_NUMBER: builtins.int
     STATE_REQUEST_FIELD_NUMBER: builtins.int
     STATE_CHUNK_FIELD_NUMBER: builtins.int
+    RESEND_REQUEST_FIELD_NUMBER: builtins.int
     version: builtins.int
     """protocol version of the sender's software (this file: 1)"""
     from_id: builtins.int
@@ -201,6 +202,10 @@ class Envelope(google.protobuf.message.Message):
     def state_chunk(self) -> global___StateChunk:
         """one piece of the answer to a StateRequest"""
 
+    @property
+    def resend_request(self) -> global___ResendRequest:
+        """a receiver asks an originator again for updates that never arrived"""
+
     def __init__(
         self,
         *,
@@ -213,10 +218,11 @@ class Envelope(google.protobuf.message.Message):
         done: global___Done | None = ...,
         state_request: global___StateRequest | None = ...,
         state_chunk: global___StateChunk | None = ...,
+        resend_request: global___ResendRequest | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["body", b"body", "done", b"done", "heartbeat", b"heartbeat", "hello", b"hello", "state_chunk", b"state_chunk", "state_request", b"state_request", "update", b"update"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["body", b"body", "done", b"done", "from_id", b"from_id", "heartbeat", b"heartbeat", "hello", b"hello", "hops", b"hops", "state_chunk", b"state_chunk", "state_request", b"state_request", "update", b"update", "version", b"version"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["body", b"body"]) -> typing.Literal["update", "hello", "heartbeat", "done", "state_request", "state_chunk"] | None: ...
+    def HasField(self, field_name: typing.Literal["body", b"body", "done", b"done", "heartbeat", b"heartbeat", "hello", b"hello", "resend_request", b"resend_request", "state_chunk", b"state_chunk", "state_request", b"state_request", "update", b"update"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["body", b"body", "done", b"done", "from_id", b"from_id", "heartbeat", b"heartbeat", "hello", b"hello", "hops", b"hops", "resend_request", b"resend_request", "state_chunk", b"state_chunk", "state_request", b"state_request", "update", b"update", "version", b"version"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["body", b"body"]) -> typing.Literal["update", "hello", "heartbeat", "done", "state_request", "state_chunk", "resend_request"] | None: ...
 
 global___Envelope = Envelope
 
@@ -530,3 +536,37 @@ class StateChunk(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["data", b"data", "epoch", b"epoch", "node_id", b"node_id", "offset", b"offset", "schema_hash", b"schema_hash", "seq", b"seq", "step", b"step", "total", b"total"]) -> None: ...
 
 global___StateChunk = StateChunk
+
+@typing.final
+class ResendRequest(google.protobuf.message.Message):
+    """A receiver asks an originator, its direct neighbour, to send again some of its
+    own GradUpdates that never arrived (a lossy link). The originator answers
+    with the original Envelope bytes of each requested seq it still keeps (a
+    bounded recent window), to the requester only, at a bounded rate; the rest
+    are left to the receiver's give-up after timeouts.silence_s. Receivers drop
+    a resent update that arrives twice like any duplicate.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: builtins.int
+    ORIGIN_FIELD_NUMBER: builtins.int
+    SEQS_FIELD_NUMBER: builtins.int
+    node_id: builtins.int
+    """requester's node id (must equal Envelope.from_id: never relayed)"""
+    origin: builtins.int
+    """node id of the originator whose updates are missing (the addressee)"""
+    @property
+    def seqs(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
+        """missing seqs of origin, strictly increasing, 1 .. 64 of them (packed)"""
+
+    def __init__(
+        self,
+        *,
+        node_id: builtins.int = ...,
+        origin: builtins.int = ...,
+        seqs: collections.abc.Iterable[builtins.int] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["node_id", b"node_id", "origin", b"origin", "seqs", b"seqs"]) -> None: ...
+
+global___ResendRequest = ResendRequest
