@@ -1,9 +1,9 @@
 """``python -m gossip.bench SUBCOMMAND [options]``: the project's benchmarks, one entry point.
 
 =========  =====================================================================
-codec      encode/decode throughput and wire size of the codecs (gossip.codec.bench)
-swarm      a swarm against the centralized baseline, end to end (gossip.bench_swarm)
-robust     robust aggregation against simulated attackers (gossip.bench_robust)
+codec      encode/decode throughput and wire size of the codecs (gossip.experiments.bench_codec)
+swarm      a swarm against the centralized baseline, end to end (gossip.experiments.bench_swarm)
+robust     robust aggregation against simulated attackers (gossip.experiments.bench_robust)
 =========  =====================================================================
 
 A subcommand is a module with ``main(argv: list[str] | None) -> int``; add one by
@@ -17,9 +17,9 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "codec": ("gossip.codec.bench", "codec throughput and bytes on the wire"),
-    "swarm": ("gossip.bench_swarm", "a swarm against the centralized baseline"),
-    "robust": ("gossip.bench_robust", "robust aggregation against simulated attackers"),
+    "codec": ("gossip.experiments.bench_codec", "codec throughput and bytes on the wire"),
+    "swarm": ("gossip.experiments.bench_swarm", "a swarm against the centralized baseline"),
+    "robust": ("gossip.experiments.bench_robust", "robust aggregation against simulated attackers"),
 }
 
 

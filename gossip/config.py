@@ -156,7 +156,7 @@ class DashboardConfig:
 @dataclass(frozen=True)
 class SecurityConfig:
     max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=_range(1024))
-    curve: bool = False  # CurveZMQ: encrypted links, only the peers' keys accepted (gossip.curve)
+    curve: bool = False  # CurveZMQ: encrypted links, only the peers' keys accepted (gossip.runtime.curve)
     curve_keys: str = "keys"  # folder with every peer-<i>.key and this peer's peer-<i>.key_secret
     attack: Literal["none", "sign_flip", "gaussian", "inflated_confidence", "stale_replay"] = "none"
     attackers: tuple[int, ...] = ()
@@ -178,7 +178,7 @@ class Config:
     checkpoint: CheckpointConfig = CheckpointConfig()
     dashboard: DashboardConfig = DashboardConfig()
     security: SecurityConfig = SecurityConfig()
-    experiment: dict[str, Any] = field(default_factory=dict)  # read by gossip.experiment only
+    experiment: dict[str, Any] = field(default_factory=dict)  # read by gossip.experiments.experiment only
 
 
 # ---------------------------------------------------------------- loading

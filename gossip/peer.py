@@ -2,7 +2,7 @@
 
 The id may also come from ``RANK`` (torchrun) or ``SLURM_PROCID`` (Slurm), so the same
 command starts peers across machines. Trailing ``key=value`` arguments override the config.
-Nothing imports this module: it is the thin entry point around :class:`gossip.node.Peer`.
+Nothing imports this module: it is the thin entry point around :class:`gossip.runtime.node.Peer`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from gossip import config as config_mod
 from gossip.cli import guarded, run_async
 from gossip.errors import ConfigError
-from gossip.log import configure
+from gossip.observe.log import configure
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         configure(run_dir / f"peer-{peer_id}.jsonl", peer_id=peer_id, stderr=not args.quiet, level="info")
-        from gossip.node import Peer  # heavy imports (torch) after argument checks
+        from gossip.runtime.node import Peer  # heavy imports (torch) after argument checks
 
         result = run_async(Peer(cfg, peer_id, run_dir, resume=args.resume).run())
         acc = result.get("test_accuracy")

@@ -8,7 +8,7 @@ import time
 from ports import free_port_block
 
 from gossip.config import Config, load
-from gossip.telemetry import TelemetryPublisher
+from gossip.observe.telemetry import TelemetryPublisher
 
 
 def swarm_config(peers: int = 4, *extra: str) -> Config:

@@ -57,7 +57,7 @@ def start_peer(run_dir: Path, cfg_path: Path, peer_id: int, *args: str) -> subpr
 
 STANDBY = """
 import pathlib, sys, time
-import gossip.node, gossip.peer  # the slow imports happen now, not at the restart
+import gossip.runtime.node, gossip.peer  # the slow imports happen now, not at the restart
 go = pathlib.Path(sys.argv[1])
 go.with_suffix(".ready").touch()
 while not go.exists():

@@ -1,4 +1,4 @@
-"""gossip.analyze on hand-written log fixtures (real runs are analysed in test_experiment.py)."""
+"""gossip.experiments.analyze on hand-written log fixtures (real runs are analysed in test_experiment.py)."""
 
 import json
 import math
@@ -6,8 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from gossip import analyze
 from gossip.errors import DataError
+from gossip.experiments import analyze
 
 
 def write_jsonl(path, events):

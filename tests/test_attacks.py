@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from gossip import attacks, checkpoint, config, wire
-from gossip.codec import ErrorFeedback, Layout, decode_update, make_encoder
+from gossip import config
+from gossip.protocol import wire
+from gossip.protocol.codec import ErrorFeedback, Layout, decode_update, make_encoder
+from gossip.runtime import checkpoint
+from gossip.sim import attacks
 
 SHAPES = [("conv.weight", (16, 1, 5, 5)), ("conv.bias", (16,)), ("fc.weight", (10, 400)), ("fc.bias", (10,))]
 LAYOUT = Layout.from_shapes(SHAPES)
@@ -106,10 +109,10 @@ def test_attack_state_survives_a_checkpoint(kind):
 
 def test_an_attacker_keeps_its_own_model_honest(data_root):
     """The worker applies the honest update to itself and puts the forged one on the wire."""
-    from gossip.bench_robust import build_worker
-    from gossip.data import load_dataset
-    from gossip.partition import partition
-    from gossip.train import set_threads
+    from gossip.experiments.bench_robust import build_worker
+    from gossip.training.data import load_dataset
+    from gossip.training.partition import partition
+    from gossip.training.trainer import set_threads
 
     set_threads(1)
     c = config.load(None, ["peers=2", "model.name=mnist_tiny", "data.limit_train=256", "data.limit_test=100",

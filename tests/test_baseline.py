@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gossip import config
-from gossip.baseline import run
+from gossip.experiments.baseline import run
 
 REPO = Path(__file__).resolve().parent.parent
 

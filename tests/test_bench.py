@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from gossip import bench
-from gossip.codec import bench as codec_bench
+from gossip.experiments import bench_codec as codec_bench
 
 
 def test_dispatcher_lists_and_rejects(capsys):

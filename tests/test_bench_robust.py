@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gossip import bench_robust
+from gossip.experiments import bench_robust
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 import asyncio
 import threading
 
-from gossip.bridge import Bridge
+from gossip.runtime.bridge import Bridge
 
 
 def test_items_cross_both_ways_between_thread_and_loop():

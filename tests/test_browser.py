@@ -212,7 +212,7 @@ def test_page_shows_a_live_fake_swarm(chromium: str, tmp_path: Path) -> None:
         assert dashboard.wait(10) == 0
 
 
-RUNTIME = ("gossip.launch", "gossip.peer", "gossip.node", "gossip.wire", "gossip.codec", "gossip.train")
+RUNTIME = ("gossip.runtime.launch", "gossip.peer", "gossip.runtime.node", "gossip.protocol.wire", "gossip.protocol.codec", "gossip.training.trainer")
 
 
 @pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in RUNTIME), reason="runtime not complete yet")

@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from gossip import checkpoint, config, wire
-from gossip.attacks import build_update
-from gossip.bench_robust import MemoryBridge, build_worker
-from gossip.checkpoint import Checkpointer
-from gossip.data import load_dataset
+from gossip import config
 from gossip.errors import CheckpointError
-from gossip.ledger import Ledger
-from gossip.partition import partition
-from gossip.train import set_threads
-from gossip.worker import FINISHED
+from gossip.experiments.bench_robust import MemoryBridge, build_worker
+from gossip.protocol import wire
+from gossip.runtime import checkpoint
+from gossip.runtime.checkpoint import Checkpointer
+from gossip.runtime.ledger import Ledger
+from gossip.runtime.worker import FINISHED
+from gossip.sim.attacks import build_update
+from gossip.training.data import load_dataset
+from gossip.training.partition import partition
+from gossip.training.trainer import set_threads
 
 
 def state(i: int) -> dict:

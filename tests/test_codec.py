@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from gossip._proto import gossip_pb2 as pb
-from gossip.codec import ErrorFeedback, Layout, decode_update, make_encoder
-from gossip.codec.base import SELECTORS, VALUE_CODECS, chunk_lengths
 from gossip.config import CodecConfig
 from gossip.errors import CheckpointError
+from gossip.protocol.codec import ErrorFeedback, Layout, decode_update, make_encoder
+from gossip.protocol.codec.base import SELECTORS, VALUE_CODECS, chunk_lengths
 
 SHAPES = [
     ("conv.weight", (64, 32, 3, 3)),  # 18432, sparse-eligible

@@ -15,11 +15,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gossip import wire
 from gossip._proto import gossip_pb2 as pb
-from gossip.codec import ErrorFeedback, Layout, make_encoder
 from gossip.config import CodecConfig
 from gossip.errors import ProtocolError
+from gossip.protocol import wire
+from gossip.protocol.codec import ErrorFeedback, Layout, make_encoder
 
 LAYOUT = Layout.from_shapes([("w", (16, 100)), ("b", (16,)), ("v", (1200,)), ("c", (30,))])
 LIMITS = wire.Limits(numel=LAYOUT.numel, schema_hash=LAYOUT.schema_hash, max_bytes=1 << 16, peers=3)

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gossip._proto import gossip_pb2 as pb
-from gossip.codec.base import INDEX_CODECS, IndexPayload
-from gossip.codec.index import encode_indices, entropy_bound_bits, inflate
 from gossip.errors import ProtocolError
+from gossip.protocol.codec.base import INDEX_CODECS, IndexPayload
+from gossip.protocol.codec.index import encode_indices, entropy_bound_bits, inflate
 
 NAMES = ["rice", "rice_zlib", "delta_zlib", "bitmap_zlib"]
 

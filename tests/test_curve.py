@@ -12,9 +12,10 @@ import zmq.asyncio
 import zmq.auth
 from ports import free_port_block
 
-from gossip import config, curve
+from gossip import config
 from gossip.errors import ConfigError
-from gossip.transport import Transport
+from gossip.runtime import curve
+from gossip.runtime.transport import Transport
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from fake_swarm import FakeSwarm, swarm_config
 from ports import free_port_block
 
 from gossip.config import Config
-from gossip.dashboard import Dashboard, _Client
+from gossip.observe.dashboard import Dashboard, _Client
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from gossip import data as data_mod
 from gossip.config import DataConfig
-from gossip.data import Split, load_dataset, normalize, random_crop_flip
 from gossip.errors import DataError
+from gossip.training import data as data_mod
+from gossip.training.data import Split, load_dataset, normalize, random_crop_flip
 
 
 @pytest.fixture

@@ -1,13 +1,14 @@
-"""gossip.ensemble: the confidence-weighted vote, parameter averaging, and scoring saved peer models."""
+"""gossip.experiments.ensemble: the confidence-weighted vote, parameter averaging, and scoring saved peer models."""
 
 import pytest
 import torch
 
-from gossip import config, ensemble
-from gossip.data import load_dataset
+from gossip import config
 from gossip.errors import CheckpointError
-from gossip.models import build_model
-from gossip.train import Trainer
+from gossip.experiments import ensemble
+from gossip.training.data import load_dataset
+from gossip.training.models import build_model
+from gossip.training.trainer import Trainer
 
 
 def test_confidence_vote_weights_each_sample_by_its_peer_confidence():

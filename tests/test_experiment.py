@@ -1,4 +1,4 @@
-"""gossip.experiment: resuming, the CLI, the shipped configs and (slow) a real tiny experiment end to end."""
+"""gossip.experiments.experiment: resuming, the CLI, the shipped configs and (slow) a real tiny experiment end to end."""
 
 import json
 import subprocess
@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from ports import free_port_block
 
-from gossip import analyze, config, experiment, plan, report
+from gossip import config
+from gossip.experiments import analyze, experiment, plan, report
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import time
 import faultkit as fk
 import pytest
 
-from gossip import launch
+from gossip.runtime import launch
 
 pytestmark = pytest.mark.slow
 

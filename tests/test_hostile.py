@@ -21,13 +21,15 @@ import psutil
 import pytest
 import zmq
 
-from gossip import config, resend, wire
+from gossip import config
 from gossip._proto import gossip_pb2 as pb
-from gossip.attacks import build_update
-from gossip.codec import Layout
-from gossip.codec.index import encode_indices
 from gossip.errors import ProtocolError
-from gossip.models import build_model
+from gossip.protocol import wire
+from gossip.protocol.codec import Layout
+from gossip.protocol.codec.index import encode_indices
+from gossip.runtime import resend
+from gossip.sim.attacks import build_update
+from gossip.training.models import build_model
 
 pytestmark = pytest.mark.slow
 
@@ -236,7 +238,7 @@ def test_hostile_inputs_are_rejected_and_training_is_unharmed(data_root, tmp_pat
         assert abs(victim["test_accuracy"] - results[p]["test_accuracy"]) <= TOLERANCE + noise + 1e-9
 
 
-# ---------------------------------------------------------------- resend requests (gossip.resend)
+# ---------------------------------------------------------------- resend requests (gossip.runtime.resend)
 
 RESEND_FLOOD = 2000  # valid requests for 64 seqs each: 128,000 resends asked of peer 0
 

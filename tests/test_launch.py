@@ -7,7 +7,8 @@ import sys
 import pytest
 from ports import free_port_block
 
-from gossip import config, launch
+from gossip import config
+from gossip.runtime import launch
 
 pytestmark = pytest.mark.slow
 

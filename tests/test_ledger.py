@@ -1,4 +1,4 @@
-from gossip.ledger import SEQ_WINDOW, Ledger
+from gossip.runtime.ledger import SEQ_WINDOW, Ledger
 
 
 def test_each_update_counts_once_and_floor_compacts():

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gossip.errors import ConfigError
-from gossip.models import MODELS, build_model, count_params
+from gossip.training.models import MODELS, build_model, count_params
 
 # name -> (in_channels, image size, (min params, max params))
 EXPECTED = {

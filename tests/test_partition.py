@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from gossip.config import DataConfig
 from gossip.errors import ConfigError
-from gossip.log import configure
-from gossip.partition import label_histogram, partition, share_of_down
+from gossip.observe.log import configure
+from gossip.training.partition import label_histogram, partition, share_of_down
 
 
 def _labels(n: int = 6000, classes: int = 10, seed: int = 0) -> torch.Tensor:

@@ -1,9 +1,10 @@
-"""gossip.plan: the experiment's settings (one-line errors naming the key) and its arms."""
+"""gossip.experiments.plan: the experiment's settings (one-line errors naming the key) and its arms."""
 
 import pytest
 
-from gossip import config, plan
+from gossip import config
 from gossip.errors import ConfigError
+from gossip.experiments import plan
 
 
 def cfg_with(exp, *overrides):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from gossip import proto
 from gossip._proto import gossip_pb2 as pb
 from gossip.config import CodecConfig
+from gossip.protocol import generate as proto
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = (ROOT / "pyproject.toml").read_text()

@@ -1,10 +1,10 @@
-"""gossip.report: the table, the answer sentence, the plots and the files."""
+"""gossip.experiments.report: the table, the answer sentence, the plots and the files."""
 
 import json
 
 import pytest
 
-from gossip import report
+from gossip.experiments import report
 
 
 def row(arm, role, acc, std=0.001, *, kind=None, model="mnist_tiny", params=47_000, peers=4, seeds=(0, 1),

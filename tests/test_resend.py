@@ -1,4 +1,4 @@
-"""Selective retransmission (gossip.resend): the sender's buffer and rate limit, the receiver's
+"""Selective retransmission (gossip.runtime.resend): the sender's buffer and rate limit, the receiver's
 asking rules, and a real swarm on lossy links that loses (almost) no update."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import faultkit as fk
 import pytest
 
-from gossip import resend, wire
-from gossip.ledger import Ledger
+from gossip.protocol import wire
+from gossip.runtime import resend
+from gossip.runtime.ledger import Ledger
 
 LIMITS = wire.Limits(numel=10, schema_hash=0, max_bytes=1 << 20, peers=4)
 

@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from gossip import aggregate, checkpoint, config, robust, wire
-from gossip.aggregate import Local
-from gossip.attacks import build_update
+from gossip import config
+from gossip.aggregation import basic as aggregate
+from gossip.aggregation import robust
+from gossip.aggregation.basic import Local
+from gossip.protocol import wire
+from gossip.runtime import checkpoint
+from gossip.sim.attacks import build_update
 
 NUMEL = 400
 ROBUST = ("clip", "trimmed_mean", "median", "centered_clip")
@@ -261,10 +265,10 @@ def test_buffered_window_survives_a_checkpoint(name):
 
 @pytest.mark.slow
 def test_robust_aggregation_saves_a_swarm_from_sign_flippers(data_root):
-    """8 peers, 2 of them sign-flippers, in the lock-step swarm of gossip.bench_robust (small)."""
-    from gossip.bench_robust import run_cell
-    from gossip.data import load_dataset
-    from gossip.train import set_threads
+    """8 peers, 2 of them sign-flippers, in the lock-step swarm of gossip.experiments.bench_robust (small)."""
+    from gossip.experiments.bench_robust import run_cell
+    from gossip.training.data import load_dataset
+    from gossip.training.trainer import set_threads
 
     set_threads(1)
     base = ["peers=8", "model.name=mnist_tiny", "data.limit_train=8000", "data.limit_test=1000",

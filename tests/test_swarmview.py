@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gossip.config import load
-from gossip.swarmview import SwarmView, clean_snapshot
-from gossip.telemetry import SNAPSHOT_FIELDS
+from gossip.observe.swarmview import SwarmView, clean_snapshot
+from gossip.observe.telemetry import SNAPSHOT_FIELDS
 
 
 class Clock:

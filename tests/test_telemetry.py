@@ -12,10 +12,10 @@ import pytest
 import zmq
 from ports import free_port_block
 
-from gossip import telemetry
 from gossip.config import load
 from gossip.errors import PeerError
-from gossip.telemetry import SNAPSHOT_FIELDS, TelemetryPublisher, telemetry_endpoint
+from gossip.observe import telemetry
+from gossip.observe.telemetry import SNAPSHOT_FIELDS, TelemetryPublisher, telemetry_endpoint
 
 
 def _cfg(*extra: str):

@@ -1,7 +1,8 @@
 import pytest
 
-from gossip import config, topology
+from gossip import config
 from gossip.errors import ConfigError
+from gossip.runtime import topology
 
 
 def cfg(**kw):

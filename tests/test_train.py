@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from gossip import config
-from gossip.data import Dataset, Split
 from gossip.errors import CheckpointError, ConfigError
-from gossip.train import StepStats, Trainer, resolve_device, set_threads
+from gossip.training.data import Dataset, Split
+from gossip.training.trainer import StepStats, Trainer, resolve_device, set_threads
 
 CPU = torch.device("cpu")
 

@@ -8,7 +8,7 @@ from ports import free_port_block
 
 from gossip import config
 from gossip.errors import PeerError
-from gossip.transport import TokenBucket, Transport, identity, parse_identity
+from gossip.runtime.transport import TokenBucket, Transport, identity, parse_identity
 
 
 def make_cfg(**kw):

@@ -1,5 +1,5 @@
 from gossip.config import CommunicationConfig
-from gossip.trigger import CONFIDENCE, GRAD_NORM, SYNC_INTERVAL, Trigger
+from gossip.runtime.trigger import CONFIDENCE, GRAD_NORM, SYNC_INTERVAL, Trigger
 
 
 def test_sync_interval_is_a_hard_cap():

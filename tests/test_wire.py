@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from gossip import wire
 from gossip._proto import gossip_pb2 as pb
-from gossip.codec import ErrorFeedback, Layout, make_encoder
 from gossip.config import CodecConfig
 from gossip.errors import ProtocolError
+from gossip.protocol import wire
+from gossip.protocol.codec import ErrorFeedback, Layout, make_encoder
 
 LAYOUT = Layout.from_shapes([("w", (200, 300)), ("b", (200,)), ("v", (5000,))])
 LIMITS = wire.Limits(numel=LAYOUT.numel, schema_hash=LAYOUT.schema_hash, max_bytes=1 << 20, peers=4)

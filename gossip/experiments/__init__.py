@@ -1,0 +1,1 @@
+"""The experiment that answers the question: plans, baselines, ensembles, analysis, reports, benches."""

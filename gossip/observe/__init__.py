@@ -1,0 +1,1 @@
+"""Looking at a swarm: structured logs, telemetry, the swarm view and the dashboard."""

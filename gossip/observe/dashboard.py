@@ -1,0 +1,287 @@
+"""The live dashboard: a read-only observer of peer telemetry, served to a browser.
+
+``python -m gossip.dashboard [--config CFG] [--host H] [--port P] [key=value ...]``
+serves ``web/`` on ``http://127.0.0.1:3000/`` (``dashboard.host``/``dashboard.port``)
+and a websocket feed on ``/ws``. It SUB-connects to every peer's telemetry endpoint
+named by the config (:func:`gossip.observe.telemetry.telemetry_endpoint`); ZeroMQ keeps
+reconnecting, so peers may start before or after it, die and come back. Peers never
+talk to the dashboard, so training is the same with or without it.
+
+Feed: a ``snapshot`` message on connect, then ``delta`` messages at most every
+:data:`TICK_S` (only when something changed; see :mod:`gossip.observe.swarmview`).
+
+Tuning guide and safety:
+
+* Slow browsers: each client has a queue of :data:`CLIENT_QUEUE` messages. When it
+  is full the client's pending deltas are dropped and it gets a fresh snapshot
+  instead; a send that takes longer than :data:`SEND_TIMEOUT_S` closes the client.
+  The broadcast loop itself never waits for a client.
+* The websocket refuses (403) an ``Origin`` that is not this dashboard's own
+  ``http://host:port``; every route refuses a ``Host`` header naming another
+  server (DNS rebinding) unless the dashboard listens on a wildcard address.
+  Routes are GET-only; incoming websocket frames are ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from aiohttp import WSCloseCode, web
+
+from gossip.config import Config, load
+from gossip.errors import ConfigError, GossipError
+from gossip.observe.log import configure, get_logger
+from gossip.observe.swarmview import SwarmView
+from gossip.observe.telemetry import telemetry_endpoint
+
+log = get_logger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+TICK_S = 0.25  # delta cadence: the page is at most ~TICK_S + one telemetry interval behind
+CLIENT_QUEUE = 8  # messages (~2 s of deltas) before a client is resynced with a snapshot
+SEND_TIMEOUT_S = 5.0
+MAX_TELEMETRY_BYTES = 1 << 20  # a bigger "snapshot" is hostile; ZeroMQ drops the connection
+_RESYNC = object()  # queue marker: send a fresh snapshot here
+_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+_WILDCARDS = ("0.0.0.0", "::", "")
+
+
+class _Client:
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.ws = ws
+        self.transport = request.transport
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=CLIENT_QUEUE)
+        self.resyncs = 0
+
+    def offer(self, text: str) -> None:
+        """Queue a delta without waiting; a full queue is replaced by one resync marker."""
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(_RESYNC)
+            self.resyncs += 1
+
+
+class Dashboard:
+    """Telemetry collector + browser feed. ``app()`` is the aiohttp application."""
+
+    def __init__(self, cfg: Config, host: str | None = None) -> None:
+        self.cfg = cfg
+        self.host = (host if host is not None else cfg.dashboard.host).lower()
+        self.view = SwarmView(cfg)
+        self.clients: set[_Client] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ctx: zmq.asyncio.Context | None = None
+
+    # ------------------------------------------------------------ telemetry in
+    async def _receive(self, peer_id: int, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            data = await sock.recv()
+            try:
+                message = json.loads(data)
+            except (ValueError, RecursionError):  # not JSON, or nested deep enough to hurt
+                message = None
+            if not self.view.ingest(peer_id, message):
+                log.warning("telemetry_rejected", peer=peer_id, size=len(data))
+
+    def _subscribe(self) -> list[zmq.asyncio.Socket]:
+        self._ctx = zmq.asyncio.Context()
+        socks = []
+        for peer_id in range(self.cfg.peers):
+            sock = self._ctx.socket(zmq.SUB)
+            for opt, value in ((zmq.LINGER, 0), (zmq.RCVHWM, 16), (zmq.MAXMSGSIZE, MAX_TELEMETRY_BYTES),
+                               (zmq.RECONNECT_IVL, 200), (zmq.RECONNECT_IVL_MAX, 2000)):  # fmt: skip
+                sock.setsockopt(opt, value)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.connect(telemetry_endpoint(self.cfg, peer_id))
+            socks.append(sock)
+        return socks
+
+    # ------------------------------------------------------------ browser out
+    async def _broadcast(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            delta = self.view.tick()
+            if delta is not None and self.clients:
+                text = json.dumps(delta, separators=(",", ":"))
+                for client in list(self.clients):
+                    client.offer(text)
+
+    def snapshot_text(self) -> str:
+        return json.dumps(self.view.snapshot(), separators=(",", ":"))
+
+    async def _write(self, client: _Client) -> None:
+        while True:
+            item = await client.queue.get()
+            text = self.snapshot_text() if item is _RESYNC else item
+            try:
+                await asyncio.wait_for(client.ws.send_str(text), SEND_TIMEOUT_S)
+            except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+                log.info("dashboard_client_dropped", resyncs=client.resyncs)
+                if client.transport is not None:
+                    client.transport.abort()  # a closing handshake could block as well
+                return
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.lower() != f"http://{request.host.lower()}":
+            raise web.HTTPForbidden(text="websocket origin not allowed")
+        ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=4096)
+        await ws.prepare(request)
+        client = _Client(ws, request)
+        client.queue.put_nowait(_RESYNC)  # the snapshot is built when it is sent: never stale
+        self.clients.add(client)
+        writer = asyncio.create_task(self._write(client))
+        try:
+            async for _ in ws:  # read-only feed: frames from the browser are ignored
+                pass
+        finally:
+            self.clients.discard(client)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        return ws
+
+    # ------------------------------------------------------------ http
+    def _host_allowed(self, request: web.Request) -> bool:
+        if self.host in _WILDCARDS:
+            return True
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        if not sockname:
+            return True  # not a TCP socket (tests over unix sockets): nothing to rebind
+        ip, port = str(sockname[0]), sockname[1]
+        names = {self.host, ip, f"[{ip}]"}
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(ip).is_loopback:
+                names |= {"localhost", "127.0.0.1", "[::1]"}
+        return request.host.lower() in {f"{name}:{port}" for name in names}
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if not self._host_allowed(request):
+            raise web.HTTPForbidden(text="unexpected Host header")
+        response = await handler(request)
+        if not response.prepared:
+            response.headers.update({
+                "Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+            })  # fmt: skip
+        return response
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(WEB_DIR / "index.html")
+
+    async def _api_snapshot(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text=self.snapshot_text(), content_type="application/json")
+
+    async def _lifecycle(self, app: web.Application) -> Any:
+        socks = self._subscribe()
+        self._tasks = [asyncio.create_task(self._receive(i, s)) for i, s in enumerate(socks)]
+        self._tasks.append(asyncio.create_task(self._broadcast()))
+        log.info("dashboard_started", peers=self.cfg.peers)
+        yield
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for client in list(self.clients):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.ws.close(code=WSCloseCode.GOING_AWAY), 1.0)
+        for sock in socks:
+            sock.close(0)
+        if self._ctx is not None:
+            self._ctx.term()
+
+    def app(self) -> web.Application:
+        if not (WEB_DIR / "index.html").is_file():
+            raise ConfigError(f"dashboard: page not found at {WEB_DIR} (run from a source checkout)")
+        app = web.Application(middlewares=[self._guard])
+        app.router.add_get("/", self._index)
+        app.router.add_get("/ws", self._websocket)
+        app.router.add_get("/api/snapshot", self._api_snapshot)
+        app.router.add_static("/static/", WEB_DIR)
+        app.cleanup_ctx.append(self._lifecycle)
+        return app
+
+
+async def serve(
+    cfg: Config,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    stop: asyncio.Event | None = None,
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until ``stop`` is set; ``ready(url)`` is called once listening (``port=0``: any free port)."""
+    host = cfg.dashboard.host if host is None else host
+    port = cfg.dashboard.port if port is None else port
+    runner = web.AppRunner(Dashboard(cfg, host).app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"dashboard.port: cannot listen on {host}:{port} ({exc.strerror})") from None
+    bound = runner.addresses[0][1]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{bound}/"
+    log.info("dashboard_listening", url=url)
+    if ready is not None:
+        ready(url)
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m gossip.dashboard",
+        description="Live swarm dashboard: observes peer telemetry and serves it to a browser.",
+    )
+    parser.add_argument("--config", help="swarm config (YAML); default: built-in defaults")
+    parser.add_argument("--host", help="listen address (default dashboard.host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (default dashboard.port, 3000; 0: any)")
+    parser.add_argument("--log", help="append JSON log lines to this file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        cfg = load(args.config, args.overrides)
+        configure(args.log)
+        host = cfg.dashboard.host if args.host is None else args.host
+        if host in _WILDCARDS or not host.startswith(("127.", "localhost", "::1")):
+            print(f"warning: dashboard reachable from the network on {host}", file=sys.stderr)
+
+        async def run() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await serve(cfg, host=host, port=args.port, stop=stop,
+                        ready=lambda url: print(f"dashboard: {url}", file=sys.stderr, flush=True))  # fmt: skip
+
+        asyncio.run(run())
+    except GossipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Peer telemetry: one JSON snapshot at a time on a ZeroMQ PUB socket.
+
+Each peer binds ``tcp://<its host>:<dashboard.telemetry_port + peer_id>`` and
+publishes a snapshot every ``dashboard.interval_s`` and on state changes. Anyone
+may subscribe (the dashboard does); nobody has to. The socket is tuned so that
+telemetry can never slow training down:
+
+* ``publish`` sends with ``zmq.NOBLOCK``; when the send queue is full the
+  snapshot is dropped (the next one supersedes it anyway).
+* ``SNDHWM`` is :data:`SEND_QUEUE_MESSAGES` per subscriber: a stalled observer
+  costs at most a few KiB, never a growing backlog.
+* ``LINGER`` is 0 while running; ``close`` waits at most ``flush_s`` so that
+  the final ``state="done"`` snapshot reaches a connected dashboard.
+
+Snapshot fields (the runtime fills them, :class:`TelemetryPublisher` stamps
+``type``, ``peer_id``, ``ts`` and the resource fields) are listed with their
+kinds in :data:`SNAPSHOT_FIELDS`; the dashboard keeps only those and drops
+values of the wrong kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import threading
+import time
+from typing import Any
+
+import psutil
+import zmq
+
+from gossip.config import Config
+from gossip.errors import PeerError
+from gossip.observe.log import get_logger
+
+log = get_logger(__name__)
+
+SEND_QUEUE_MESSAGES = 4  # per subscriber; older snapshots are worthless once a newer one exists
+STATES = ("starting", "training", "syncing", "finishing", "done")
+
+# field -> kind. Kinds: "int", "float" (null allowed), "str", "ids" (list of peer ids),
+# "counts" ({name: int}), "links" ({"<nbr id>": {"bytes_sent": int, "bytes_received": int}}).
+SNAPSHOT_FIELDS: dict[str, str] = {
+    "type": "str",  # always "peer"
+    "peer_id": "int",
+    "ts": "float",  # publisher's wall clock, seconds since the epoch
+    "state": "str",  # one of STATES
+    "epoch": "int",  # current epoch, 0-based while training; == epochs when finished
+    "epochs": "int",
+    "step": "int",  # batches done in the current epoch
+    "steps_per_epoch": "int",
+    "loss": "float",  # recent training loss
+    "test_accuracy": "float",  # 0..1, null until the first evaluation
+    "bytes_sent": "int",  # wire bytes, all neighbours together
+    "bytes_received": "int",
+    "updates_sent": "int",
+    "updates_applied": "int",
+    "updates_rejected": "int",
+    "rejected_by_reason": "counts",  # ProtocolError.reason -> n
+    "triggers": "counts",  # "sync_interval" | "confidence" | "grad_norm" | "final" -> n
+    "mb_per_epoch": "float",  # MB sent per epoch
+    "compression_ratio": "float",  # dense fp32 bytes / wire bytes
+    "bandwidth_cap_bps": "float",  # the link shaper's cap, bits/s; null when unlimited
+    "neighbours": "ids",
+    "neighbours_down": "ids",
+    "links": "links",  # per neighbour byte counters; the dashboard derives link bandwidth from them
+    # added by TelemetryPublisher:
+    "cpu_percent": "float",  # this process; can exceed 100 with several threads
+    "rss_mb": "float",
+    "gpu_util": "float",  # percent of the GPU this process runs on; null without one
+    "gpu_mem_mb": "float",  # this process's memory on that GPU; null without one
+}
+
+
+def telemetry_endpoint(cfg: Config, peer_id: int) -> str:
+    """Where peer ``peer_id`` publishes: its host from ``topology.hosts``, port ``telemetry_port + id``."""
+    hosts = cfg.topology.hosts
+    host = hosts[peer_id] if len(hosts) > 1 else hosts[0]
+    return f"tcp://{host}:{cfg.dashboard.telemetry_port + peer_id}"
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf (browsers reject them): replace with null, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return _finite(value.item())
+    return value
+
+
+class _Gpu:
+    """GPU utilisation and memory of this process via NVML, or None; never raises."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._nvml: Any = None
+        self._tried = not enabled  # device="cpu": never touch NVML
+
+    def _init(self) -> Any:
+        self._tried = True
+        try:
+            import pynvml  # nvidia-ml-py; imported lazily: most CPU-only hosts lack libnvidia-ml
+
+            pynvml.nvmlInit()
+            if pynvml.nvmlDeviceGetCount() == 0:
+                return None
+            self._nvml = pynvml
+        except Exception:  # no driver, no library, no permission: report no GPU
+            self._nvml = None
+        return self._nvml
+
+    def sample(self) -> tuple[float | None, float | None]:
+        nvml = self._nvml if self._tried else self._init()
+        if nvml is None:
+            return None, None
+        pid = os.getpid()
+        try:
+            for index in range(nvml.nvmlDeviceGetCount()):
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    if proc.pid == pid:
+                        util = float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+                        used = proc.usedGpuMemory
+                        mem = float(used) / 2**20 if isinstance(used, int) else None
+                        return util, mem
+        except Exception:  # NVML hiccups (driver reload, container limits) must not reach training
+            return None, None
+        return None, None  # this process has not touched a GPU (yet)
+
+    def close(self) -> None:
+        if self._nvml is not None:
+            with contextlib.suppress(Exception):
+                self._nvml.nvmlShutdown()
+            self._nvml = None
+
+
+class TelemetryPublisher:
+    """Publishes peer snapshots; cheap, thread-safe and never blocking.
+
+    ``publish`` costs one ``json.dumps`` plus a few psutil/NVML reads (about 0.1-0.2 ms
+    on a busy 2-core host, i.e. < 0.05 % of a core at 2 snapshots/s); call it every
+    ``cfg.dashboard.interval_s`` and on state changes. Bind failures (port taken) raise
+    :class:`PeerError`.
+    """
+
+    def __init__(self, cfg: Config, peer_id: int) -> None:
+        self.peer_id = peer_id
+        self.endpoint = telemetry_endpoint(cfg, peer_id)
+        self.dropped = 0  # snapshots not sent because the queue was full
+        self._lock = threading.Lock()  # ZeroMQ sockets are not thread-safe
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)  # the first call only starts the measurement
+        self._gpu = _Gpu(enabled=cfg.device != "cpu")
+        self._ctx = zmq.Context(io_threads=1)
+        self._sock = self._ctx.socket(zmq.PUB)
+        self._sock.setsockopt(zmq.SNDHWM, SEND_QUEUE_MESSAGES)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        try:
+            self._sock.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            self._sock.close(0)
+            self._ctx.term()
+            raise PeerError(
+                f"telemetry: cannot bind {self.endpoint} ({exc.strerror}); set dashboard.telemetry_port"
+            ) from None
+        self._closed = False
+        log.info("telemetry_bound", endpoint=self.endpoint)
+
+    def resources(self) -> dict[str, float | None]:
+        """CPU %, resident memory and GPU use of this process right now."""
+        try:
+            cpu: float | None = self._process.cpu_percent(None)
+            rss: float | None = self._process.memory_info().rss / 2**20
+        except psutil.Error:
+            cpu = rss = None
+        gpu_util, gpu_mem = self._gpu.sample()
+        return {
+            "cpu_percent": None if cpu is None else round(cpu, 1),
+            "rss_mb": None if rss is None else round(rss, 1),
+            "gpu_util": gpu_util,
+            "gpu_mem_mb": None if gpu_mem is None else round(gpu_mem, 1),
+        }
+
+    def publish(self, snapshot: dict[str, Any]) -> None:
+        """Send ``snapshot`` (plus type, peer_id, ts and resources); drop it if the queue is full."""
+        message = {"type": "peer", "peer_id": self.peer_id, "ts": time.time(), **snapshot}
+        message.update(self.resources())
+        data = json.dumps(_finite(message), separators=(",", ":"), default=repr).encode()
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._sock.send(data, zmq.NOBLOCK)
+            except zmq.Again:
+                self.dropped += 1
+
+    def close(self, flush_s: float = 0.25) -> None:
+        """Close the socket, giving queued snapshots at most ``flush_s`` to leave. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._sock.setsockopt(zmq.LINGER, max(0, int(flush_s * 1000)))
+            self._sock.close()
+            self._ctx.term()
+            self._gpu.close()
+
+    def __enter__(self) -> TelemetryPublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

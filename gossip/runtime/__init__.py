@@ -1,0 +1,1 @@
+"""One peer at run time: the training thread, the asyncio loop, sockets, membership and state."""

@@ -1,0 +1,338 @@
+"""The training thread of a peer: train, fold in neighbours' deltas, hand updates to the loop.
+
+Per batch, in this order:
+
+1. **fold in** every neighbour update the loop has decoded since the last batch
+   (``aggregate`` policy weights, then ``flat += w × delta``);
+2. **train**: one local optimizer step on this peer's shard;
+3. **accumulate**: the step's parameter delta goes into the error-feedback residual. Under
+   ``communication.consensus: local`` (default) the peer keeps its own step, so its model is
+   the swarm's average plus its own unsent residual. Under ``exact`` the step is undone: the
+   model moves only by compressed updates, so every peer holds the same model up to in-flight
+   messages (as in Deep Gradient Compression);
+4. **trigger**: when a sync trigger fires, the codec compresses the residual (subtracting
+   exactly what it sends); under ``exact`` the peer applies the decoded bytes to itself, and
+   the bytes go to the loop for the neighbours.
+
+At the end: a last ``final`` update flushes the residual, ``done`` tells the loop the last
+sequence number, and the thread keeps folding in updates until the loop says everything from
+every live peer has arrived; then it evaluates on the test split.
+
+This module touches no socket: everything crosses :class:`gossip.runtime.bridge.Bridge`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gossip._proto import gossip_pb2 as pb
+from gossip.aggregation import basic as aggregate
+from gossip.config import Config
+from gossip.observe.log import get_logger
+from gossip.protocol import wire
+from gossip.protocol.codec import ErrorFeedback, Layout, make_encoder
+from gossip.runtime.bridge import Bridge
+from gossip.runtime.checkpoint import Checkpointer
+from gossip.runtime.ledger import Ledger
+from gossip.runtime.trigger import FINAL, Trigger
+from gossip.sim import attacks
+from gossip.training.data import Dataset, Split
+from gossip.training.partition import partition, share_of_down
+from gossip.training.trainer import Trainer
+
+log = get_logger(__name__)
+
+FINISHED = "finished"  # loop -> thread: everything from every live peer has arrived
+EPOCH_EVAL_SAMPLES = 2000  # test samples scored at the end of each epoch but the last
+WAIT_POLL_S = 0.1
+
+
+@dataclass
+class Progress:
+    """Written by the training thread, read by the loop for telemetry (plain attributes)."""
+
+    state: str = "starting"
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    loss: float = float("nan")
+    confidence: float = 0.0
+    test_accuracy: float | None = None
+    updates_originated: int = 0
+    updates_applied: int = 0
+    updates_rejected_by_policy: int = 0
+    raw_bytes_originated: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    applied_by_origin: dict[int, int] = field(default_factory=dict)  # folded-in updates per originator
+
+
+class Worker:
+    def __init__(self, cfg: Config, peer_id: int, trainer: Trainer, dataset: Dataset,
+                 bridge: Bridge, layout: Layout, start_epoch: int = 0) -> None:
+        self.cfg = cfg
+        self.peer_id = peer_id
+        self.trainer = trainer
+        self.dataset = dataset
+        self.bridge = bridge
+        self.layout = layout
+        self.encoder = make_encoder(cfg.codec, layout)
+        # With codec.momentum_correction (DGC) the residual accumulates a velocity of the deltas;
+        # pair it with train.momentum=0 so momentum is applied once, in the residual.
+        self.feedback = ErrorFeedback.for_config(cfg.codec, layout.numel, trainer.flat.device,
+                                                 momentum=cfg.train.momentum)
+        self.trigger = Trigger(cfg.communication)
+        self.policy = aggregate.make_policy(cfg.communication)
+        if hasattr(self.policy, "bind_direction"):  # a robust policy that judges updates by our direction
+            self.policy.bind_direction(self.feedback.residual)
+        self.progress = Progress()
+        self.start_epoch = start_epoch
+        self.exact = cfg.communication.consensus == "exact"
+        # Every delta counts 1/N on every model, so the swarm follows the *average* of its peers'
+        # steps (a peer's own unsent residual is the exception under "local" consensus).
+        self.mix = 1.0 / cfg.peers
+        self.own_weight = self.mix if self.exact else self.mix - 1.0
+        self.limits = wire.Limits(numel=layout.numel, schema_hash=layout.schema_hash,
+                                  max_bytes=cfg.security.max_message_bytes, peers=cfg.peers)
+        self.start_step = 0  # batches of start_epoch already done (a resumed mid-epoch checkpoint)
+        self.seq = 0
+        self.stopped = False
+        self.applied = Ledger(peer_id, cfg.peers, 0.0)  # (node_id, seq) folded into trainer.flat
+        self.attack = attacks.make_attack(cfg, peer_id, layout)  # None unless security.attackers has us
+        self.checkpointer: Checkpointer | None = None  # set by the node when it has a run dir
+        # held while the model changes (fold in, step, checkpoint), so the loop thread can take a
+        # consistent snapshot for a neighbour's StateRequest without waiting for an evaluation
+        self.state_lock = threading.Lock()
+        # The node sets this to read which peers its ledger has marked down (the default: nobody,
+        # as in the lock-step bench). At each epoch start their shards are shared out (adopt_shards).
+        self.down_peers: Callable[[], set[int]] = set
+        self.adopted: tuple[int, ...] = ()  # the down peers whose shards this epoch trains on too
+        self._prev = torch.empty_like(trainer.flat)
+        self._delta = torch.empty_like(trainer.flat)
+
+    # ------------------------------------------------------------ the thread body
+    def run(self) -> dict[str, Any]:
+        tr, cfg = self.trainer, self.cfg
+        self.progress.state = "training"
+        for epoch in range(self.start_epoch, cfg.train.epochs):
+            self.progress.epoch = epoch
+            if not (epoch == self.start_epoch and self.start_step > 0):  # a resumed epoch keeps its pool
+                self.adopt_shards(tuple(sorted(self.down_peers() - {self.peer_id})))
+            self.bridge.to_loop(("epoch", epoch))
+            loss_sum, batches, t0 = 0.0, 0, time.monotonic()
+            for step, (x, y) in enumerate(tr.batches(epoch)):
+                if epoch == self.start_epoch and step < self.start_step:
+                    continue  # resumed mid-epoch: the same batches, in the same order, were done before
+                if self.bridge.stop.is_set():
+                    return self._stop(epoch, step)
+                with self.state_lock:
+                    self.fold_in(self.bridge.drain())
+                    loss = self.train_batch(x, y, step)
+                loss_sum, batches = loss_sum + loss, batches + 1
+            self._end_epoch(epoch, loss_sum / max(1, batches), time.monotonic() - t0)
+            if self.checkpointer is not None and self.checkpointer.due(epoch + 1):
+                with self.state_lock:
+                    self.fold_in(self.bridge.drain())  # what has arrived is in the checkpoint
+                    self.checkpointer.save(self, epoch + 1, 0, reason="epoch")
+        return self._finish()
+
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
+        """Steps 2-4 of the module docstring for batch ``step`` of the epoch; returns its loss."""
+        tr = self.trainer
+        self._prev.copy_(tr.flat)
+        stats = tr.step(x, y)
+        torch.sub(tr.flat, self._prev, out=self._delta)
+        if self.exact:  # the model moves only by what is sent (see send_update)
+            tr.flat.copy_(self._prev)
+        self.feedback.add(self._delta)
+        p = self.progress
+        p.step, p.global_step = step + 1, p.global_step + 1
+        p.loss, p.confidence = stats.loss, stats.confidence
+        reason = self.trigger.observe(stats.confidence, stats.grad_norm)
+        if reason is not None:
+            self.send_update(reason)
+        return stats.loss
+
+    def adopt_shards(self, down: tuple[int, ...]) -> None:
+        """Train this epoch on our share of the ``down`` peers' shards too (``data.adopt_down_shards``).
+
+        A peer that dies mid-run takes its data with it; the live peers, dealing its shard among
+        them (:func:`gossip.training.partition.share_of_down`), keep the swarm training on the whole data
+        set. A peer that comes back is dropped again at the next epoch start.
+        """
+        if not self.cfg.data.adopt_down_shards:
+            down = ()
+        if down == self.adopted:
+            return
+        self.adopted = down
+        if not down:
+            self.trainer.set_extra(None)
+            log.info("shards_released")
+            return
+        shards = partition(self.dataset.train.labels, self.cfg.peers, self.cfg.data, self.cfg.seed)
+        idx = share_of_down(shards, self.peer_id, set(down))
+        self.trainer.set_extra(Split(self.dataset.train.images[idx], self.dataset.train.labels[idx]))
+        log.info("shards_adopted", down=list(down), samples=len(idx))
+
+    def fold_in(self, items: list[Any]) -> bool:
+        """Apply decoded neighbour updates; True when the loop said FINISHED among them."""
+        finished = FINISHED in items
+        for item in items:
+            if isinstance(item, wire.StateRequest):
+                self.answer_state(item.node_id)
+        updates = [u for u in items if isinstance(u, wire.DecodedUpdate) and self._first_fold(u)]
+        local = aggregate.Local(step=self.progress.global_step, confidence=self.progress.confidence)
+        if hasattr(self.policy, "fold"):  # robust policies buffer and rewrite values (gossip.aggregation.robust)
+            with torch.no_grad():
+                self.policy.fold(self.trainer.flat, updates, local, weight=self.mix)  # may close a window
+            self.progress.updates_applied += len(updates)
+            return finished
+        if not updates:
+            return finished
+        with torch.no_grad():
+            for update, weight in zip(updates, self.policy.weights(updates, local), strict=True):
+                if weight is None:
+                    self._count_rejected(update)
+                    continue
+                aggregate.apply(self.trainer.flat, update, weight * self.mix)
+                self.progress.updates_applied += 1
+        return finished
+
+    def _first_fold(self, update: wire.DecodedUpdate) -> bool:
+        """Second line of defence after the node's ledger: an (origin, seq) is folded in at most once."""
+        if not self.applied.first_time(update.node_id, update.seq):
+            log.error("update_refolded", node_id=update.node_id, seq=update.seq)
+            return False
+        by = self.progress.applied_by_origin
+        by[update.node_id] = by.get(update.node_id, 0) + 1
+        return True
+
+    def _count_rejected(self, update: wire.DecodedUpdate) -> None:
+        self.progress.updates_rejected_by_policy += 1
+        log.info("update_rejected", reason="aggregation_policy", node_id=update.node_id, seq=update.seq)
+
+    def answer_state(self, requester: int) -> None:
+        """Send ``requester`` what this peer has published: ``flat - residual`` (see gossip.runtime.node)."""
+        with torch.no_grad():  # under "exact" consensus the model holds no unsent residual
+            public = self.trainer.flat.clone() if self.exact else self.trainer.flat - self.feedback.residual
+        chunks = wire.pack_state_chunks(public, node_id=self.peer_id, seq=self.seq - 1,
+                                        step=self.progress.global_step, epoch=self.progress.epoch,
+                                        schema_hash=self.layout.schema_hash)
+        self.bridge.to_loop(("state", requester, chunks))
+        log.info("state_sent", to=requester, chunks=len(chunks), step=self.progress.global_step)
+
+    def answer_state_now(self, requester: int) -> None:
+        """From the loop thread: fold in everything received so far, then answer ``requester``.
+
+        Waits for at most the batch in progress (not for an evaluation), so the snapshot misses
+        only what is still on the wire; the requester skips what it received before the state.
+        """
+        with self.state_lock:
+            items = self.bridge.drain()
+            if FINISHED in items:
+                self.bridge.to_thread(FINISHED)  # the training thread must still see it
+            self.fold_in([i for i in items if i != FINISHED])
+            self.answer_state(requester)
+
+    def fill_seq_gap(self, upto: int) -> int:
+        """Send empty updates for seqs ``self.seq .. upto-1`` (numbers possibly used before a crash).
+
+        Neighbours drop the ones they saw as duplicates and count the others, so their
+        bookkeeping of this peer has no hole; nothing is added to any model.
+        """
+        sent = 0
+        while self.seq < upto:
+            empty = pb.GradUpdate(selection=pb.SELECTION_TOPK, value_codec=pb.VALUE_CODEC_FP32,
+                                  numel=self.layout.numel)
+            self._send(empty, "seq_fill", final=False, step=self.progress.global_step,
+                       confidence=0.0)
+            sent += 1
+        return sent
+
+    def send_update(self, reason: str, *, final: bool = False) -> None:
+        # The final flush sends the whole residual with the run's value codec (int8 by default):
+        # an fp32 flush would be lossless but cost 4 bytes per parameter per neighbour, more than
+        # a whole epoch of sparse updates for small models; int8 leaves ~0.5% of the residual.
+        # (A 1- or 4-bit value codec is too coarse for the flush: it falls back to int8.)
+        flush_values = self.cfg.codec.values if self.cfg.codec.values in ("int8", "fp16", "fp32") else "int8"
+        update = (self.encoder.encode(self.feedback, density=1.0, values=flush_values) if final
+                  else self.encoder.encode(self.feedback))
+        step, confidence = self.progress.global_step, min(1.0, max(0.0, self.progress.confidence))
+        honest = None
+        if self.attack is not None:  # a simulated hostile peer (security.attack): lie on the wire,
+            honest = update            # but keep its own model honest (gossip.sim.attacks)
+            update, step, confidence = self.attack.forge(update, step=step, confidence=confidence)
+        self._send(update, reason, final=final, step=step, confidence=confidence, honest=honest)
+
+    def _send(self, update: pb.GradUpdate, reason: str, *, final: bool, step: int, confidence: float,
+              honest: pb.GradUpdate | None = None) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.reserve(self.seq)  # never reuse a seq after a crash (gossip.runtime.checkpoint)
+        header: dict[str, Any] = {"node_id": self.peer_id, "seq": self.seq, "step": step, "epoch": self.progress.epoch,
+                  "confidence": confidence, "schema_hash": self.layout.schema_hash, "final": final}
+        data = wire.pack_update(update, **header)
+        if self.own_weight != 0.0:  # weigh our own sent delta exactly as every neighbour will
+            with torch.no_grad():
+                mine = wire.unpack(data if honest is None else wire.pack_update(honest, **header), self.limits)
+                aggregate.apply(self.trainer.flat, mine, self.own_weight)  # type: ignore[arg-type]
+                if hasattr(self.policy, "observe_own"):  # a robust policy that keeps our final flush
+                    self.policy.observe_own(mine, self.trainer.flat.numel())
+        self.bridge.to_loop(("update", self.seq, data, reason))
+        self.seq += 1
+        self.progress.updates_originated += 1
+
+    # ------------------------------------------------------------ epochs and the end
+    def _end_epoch(self, epoch: int, train_loss: float, seconds: float) -> None:
+        last = epoch == self.cfg.train.epochs - 1
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "seconds": round(seconds, 3)}
+        if not last:
+            test = self.dataset.test
+            n = min(EPOCH_EVAL_SAMPLES, len(test.labels))
+            metrics = self.trainer.evaluate(Split(test.images[:n], test.labels[:n]))
+            record.update(test_accuracy=metrics["accuracy"], test_samples=n)
+            self.progress.test_accuracy = metrics["accuracy"]
+        self.progress.history.append(record)
+        log.info("epoch_end", **record, triggers=dict(self.trigger.fired))
+
+    def _finish(self) -> dict[str, Any]:
+        self.progress.state = "finishing"
+        if self.cfg.communication.final_flush:
+            self.trigger.mark_synced(FINAL)
+            self.send_update(FINAL, final=True)
+        self.bridge.to_loop(("done", self.seq - 1))
+        while not self.bridge.stop.is_set():
+            items = self.bridge.wait(WAIT_POLL_S)
+            with self.state_lock:
+                if self.fold_in(items):
+                    break
+        with self.state_lock:
+            self.fold_in(self.bridge.drain())  # anything that raced the FINISHED marker
+        if hasattr(self.policy, "flush"):  # a windowed robust policy still holding updates
+            with torch.no_grad():
+                self.policy.flush(self.trainer.flat, weight=self.mix)
+            log.info("robust_summary", policy=self.cfg.communication.aggregation,
+                     **getattr(self.policy, "stats", {}))
+        metrics = self.trainer.evaluate(self.dataset.test)
+        self.progress.test_accuracy = metrics["accuracy"]
+        self.progress.epoch = self.cfg.train.epochs
+        self.progress.state = "done"
+        if self.progress.history:
+            self.progress.history[-1]["test_accuracy"] = metrics["accuracy"]
+        log.info("peer_evaluated", test_accuracy=metrics["accuracy"], test_loss=metrics["loss"],
+                 residual_norm=float(self.feedback.residual.norm()))
+        return {"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"], "stopped": False}
+
+    def _stop(self, epoch: int, step: int) -> dict[str, Any]:
+        self.stopped = True
+        self.progress.state = "done"
+        log.info("training_stopped", epoch=self.progress.epoch, step=self.progress.step)
+        if self.checkpointer is not None and self.cfg.checkpoint.every_epochs > 0:
+            with self.state_lock:
+                self.fold_in(self.bridge.drain())
+                self.checkpointer.save(self, epoch, step, reason="stop")
+        return {"test_accuracy": None, "test_loss": None, "stopped": True}

@@ -1,0 +1,1 @@
+"""Simulated adversaries and link faults, as wrappers around the encoder and the transport."""

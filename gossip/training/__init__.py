@@ -1,0 +1,1 @@
+"""Local training, with no networking: data sets, partitions, models and the trainer."""
