@@ -1,4 +1,4 @@
-# Two commands: `make demo` runs the main job, `make test` runs every check.
+# `make demo` runs the main job, `make test` runs every check (CI), `make test-fast` the quick subset.
 # Both create .venv and install everything on first use.
 PYTHON ?= python3
 VENV   := .venv
@@ -8,7 +8,7 @@ RUN_DIR ?= runs/demo
 GOSSIP_DATA ?= $(abspath ../shared/data)
 export GOSSIP_DATA
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-fast lint venv clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m gossip.launch configs/mnist_4peers.yaml --run-dir $(RUN_DIR)
+	$(PY) -m gossip.launch configs/mnist_4peers.yaml --run-dir $(RUN_DIR) --fresh
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check gossip tests
@@ -26,6 +26,10 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(PY) -m pytest -q
+
+# The edit loop: everything except real peer processes and the browser (about a minute here).
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow and not browser"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

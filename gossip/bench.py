@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from gossip.cli import guarded
+
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "codec": ("gossip.experiments.bench_codec", "codec throughput and bytes on the wire"),
     "swarm": ("gossip.experiments.bench_swarm", "a swarm against the centralized baseline"),
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown subcommand {args[0]!r}\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(SUBCOMMANDS[args[0]][0])
-    return int(module.main(args[1:]))
+    return int(guarded(lambda: module.main(args[1:])))
 
 
 if __name__ == "__main__":

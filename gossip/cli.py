@@ -1,4 +1,8 @@
-"""Shared plumbing for the command-line entry points: one-line errors, the event loop."""
+"""Shared plumbing for the command-line entry points: one-line errors, the event loop.
+
+Every ``python -m gossip.X`` runs its work through :func:`guarded`, so a
+:class:`~gossip.errors.GossipError` is always ``error: <one line>`` on stderr and exit 2.
+"""
 
 from __future__ import annotations
 
@@ -31,9 +35,10 @@ def guarded(main: Callable[[], T]) -> T:
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """asyncio.run on uvloop when it is installed (it is on Linux and macOS)."""
+    # Only the import may fall back: an ImportError raised by the coroutine itself is the run's
+    # error, and retrying would await a finished coroutine and hide it.
     try:
         import uvloop
-
-        return uvloop.run(coro)  # type: ignore[no-any-return]
     except ImportError:  # pragma: no cover - platforms without uvloop
         return asyncio.run(coro)
+    return uvloop.run(coro)  # type: ignore[no-any-return]

@@ -6,6 +6,7 @@ import math
 import pandas as pd
 import pytest
 
+from gossip import analyze as analyze_cli
 from gossip.errors import DataError
 from gossip.experiments import analyze
 
@@ -152,19 +153,19 @@ def test_compare_two_runs(tmp_path):
 def test_cli_table_json_and_errors(tmp_path, capsys):
     fake_experiment(tmp_path / "e")
     fake_baseline(tmp_path / "b")
-    assert analyze.main([str(tmp_path / "e"), str(tmp_path / "b")]) == 0
+    assert analyze_cli.main([str(tmp_path / "e"), str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert ("| swarm | mnist_tiny | 47k | 2 | 97.00 ± 1.41 | 2 peers × 2 seeds | 1.00 | 98.00 | 96.50 | 3.00 | 30.0 "
             "| 10.5 (2/2) | 100x |") in out
     assert "| large | mnist_cnn | 1.20M | 1 | 98.50 ± 0.50 | 2 seeds | 0.50 | — | — | 0.00 | 70.0 | 30.0 (2/2) | — |" in out
     assert out.count("## ") == 3  # two tables and the comparison
     assert "| large / centralized |" not in out  # an experiment has several rows: only same-named ones pair
-    assert analyze.main([str(tmp_path / "e"), "--json"]) == 0
+    assert analyze_cli.main([str(tmp_path / "e"), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["runs"][0]["rows"][0]["arm"] == "large" and data["compare"] is None
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as exc:
-        analyze.main([str(tmp_path / "empty")])
+        analyze_cli.main([str(tmp_path / "empty")])
     assert exc.value.code == 2 and "error: " in capsys.readouterr().err
     with pytest.raises(DataError):
         analyze.load(tmp_path / "missing")

@@ -25,7 +25,7 @@ def honest_update(seed: int = 0):
     """A real encoder's update of a random residual (sparse top-k plus dense small tensors, int8)."""
     ef = ErrorFeedback(LAYOUT.numel)
     ef.add(torch.from_numpy(np.random.default_rng(seed).normal(0, 1, LAYOUT.numel).astype(np.float32)))
-    return make_encoder(config.load(None, ["codec.density=0.05"]).codec, LAYOUT).encode(ef)
+    return make_encoder(config.load(None, ["codec.density=0.05"]).codec, LAYOUT).encode(ef).msg
 
 
 def on_the_wire(msg, step=5, confidence=0.4):
@@ -120,13 +120,13 @@ def test_an_attacker_keeps_its_own_model_honest(data_root):
     ds = load_dataset(c.data)
     shards = partition(ds.train.labels, 2, c.data, c.seed)
     liar, twin = build_worker(c, 0, ds, shards[0]), build_worker(c, 0, ds, shards[0])
-    twin.attack = None  # the same peer, honest
+    twin.encoder, twin.attack = twin.encoder.inner, None  # the same peer, honest
     assert liar.attack is not None
     x, y = next(iter(liar.trainer.batches(0)))
     for w in (liar, twin):
         w.train_batch(x, y, 0)
         w.send_update("test")
     assert torch.equal(liar.trainer.flat, twin.trainer.flat)  # its own model is the honest one
-    told, truth = (wire.unpack(w.bridge.sent[-1][2], w.limits) for w in (liar, twin))
+    told, truth = (wire.unpack(w.bridge.sent[-1].data, w.limits) for w in (liar, twin))
     assert torch.equal(told.indices, truth.indices)
     assert torch.allclose(told.values, -attacks.SIGN_FLIP_SCALE * truth.values)

@@ -1,16 +1,20 @@
-"""Centralized baseline: a real short MNIST run (result.json + JSONL log) and the CLI's error path."""
+"""Centralized baseline: a real short MNIST run (result.json + JSONL log), the CLI's error paths, a
+--help that does not wait for torch, the default run directory and the progress display."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from gossip import config
-from gossip.experiments.baseline import run
+from gossip.errors import ConfigError
+from gossip.experiments.baseline import TerminalProgress, run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,3 +70,48 @@ def test_bad_value_and_help(tmp_path: Path) -> None:
     helped = _cli("--help")
     assert helped.returncode == 0
     assert "--run-dir" in helped.stdout and "key=value" in helped.stdout and "result.json" in helped.stdout
+
+
+def test_help_does_not_import_torch() -> None:
+    code = ("import runpy, sys, time\nt0 = time.perf_counter()\nsys.argv = ['gossip.baseline', '--help']\n"
+            "try:\n    runpy.run_module('gossip.baseline', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, time.perf_counter() - t0, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    imported, seconds = proc.stderr.split()
+    assert imported == "False", "gossip.baseline --help imported torch"
+    assert float(seconds) < 1.0
+    assert "default: runs/baseline" in proc.stdout and "--fresh" in proc.stdout
+
+
+def test_run_dir_defaults_to_runs_baseline_and_a_previous_run_is_refused(tmp_path: Path) -> None:
+    previous = tmp_path / "runs" / "baseline"
+    previous.mkdir(parents=True)
+    (previous / "result.json").write_text("{}")
+    proc = _cli("--config", str(REPO / "configs" / "mnist_baseline.yaml"), cwd=tmp_path)  # no --run-dir
+    assert proc.returncode == 2
+    assert proc.stderr == ("error: runs/baseline: holds a previous run; use --fresh to replace it, "
+                           "or another --run-dir\n")
+    assert (previous / "result.json").read_text() == "{}"
+    with pytest.raises(ConfigError, match="holds a previous run"):
+        run(config.load(None, []), previous)
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_on_a_tty_and_one_line_per_epoch_otherwise() -> None:
+    stats = SimpleNamespace(loss=0.5)
+    record = {"train_loss": 0.5, "test_accuracy": 0.9, "test_loss": 0.3, "epoch_s": 1.0}
+    for stream in (io.StringIO(), _Tty()):
+        progress = TerminalProgress(2, stream)
+        for step in range(10):
+            progress(0, step, 10, stats, None)  # type: ignore[arg-type]
+        progress(0, -1, 10, None, record)
+        out = stream.getvalue()
+        assert out.endswith("epoch 1/2  train_loss 0.5000  test_acc 0.9000  test_loss 0.3000  1.0s\n")
+        if isinstance(stream, _Tty):
+            assert "epoch 1/2:" in out and "/10 [" in out and "batch/s" in out  # tqdm, cleared before the line
+        else:
+            assert out.count("\n") == 1 and "nan" not in out and "\r" not in out

@@ -95,7 +95,7 @@ def test_ledger_state_round_trips():
         led.first_time(1, seq)
     led.first_time(2, 0)
     copy = Ledger(0, 3, now=0.0)
-    checkpoint.load_ledger(copy, checkpoint.ledger_state(led))
+    copy.load_state_dict(led.state_dict())
     assert not copy.first_time(1, 5) and not copy.first_time(1, 2) and copy.first_time(1, 3)
     assert copy.views[2].floor == 1
 
@@ -170,7 +170,7 @@ def make(setup, tmp_path, stop_at=None):
 
 
 def sent_updates(worker):
-    return {item[1]: item[2] for item in worker.bridge.sent if item[0] == "update"}
+    return {item.seq: item.data for item in worker.bridge.updates()}
 
 
 def test_resume_from_a_mid_epoch_stop_is_bit_exact(setup, tmp_path):
@@ -185,7 +185,7 @@ def test_resume_from_a_mid_epoch_stop_is_bit_exact(setup, tmp_path):
 
     resumed = make(setup, tmp_path / "c")
     _, st = checkpoint.latest(tmp_path / "b" / "checkpoints" / "peer-0")
-    resumed.start_epoch, resumed.start_step = checkpoint.restore(resumed, st)
+    resumed.start_epoch, resumed.start_step = resumed.load_state_dict(st)
     assert (resumed.start_epoch, resumed.start_step) == (1, 5)
     out_c = resumed.run()
 
@@ -204,7 +204,7 @@ def test_resume_from_an_epoch_checkpoint_is_bit_exact(setup, tmp_path):
     straight.run()
     resumed = make(setup, tmp_path / "b")
     path = tmp_path / "a" / "checkpoints" / "peer-0" / "ckpt-e0002-s000000.pt"
-    resumed.start_epoch, resumed.start_step = checkpoint.restore(resumed, checkpoint.load(path))
+    resumed.start_epoch, resumed.start_step = resumed.load_state_dict(checkpoint.load(path))
     resumed.run()
     assert torch.equal(straight.trainer.flat, resumed.trainer.flat)
     def timeless(history):
@@ -228,7 +228,7 @@ def test_a_down_peers_shard_is_adopted_and_a_resume_keeps_it(setup, tmp_path):
     assert first.run()["stopped"]
     resumed = make(setup, tmp_path / "c")  # nobody down any more, but the resumed epoch keeps its pool
     _, st = checkpoint.latest(tmp_path / "b" / "checkpoints" / "peer-0")
-    resumed.start_epoch, resumed.start_step = checkpoint.restore(resumed, st)
+    resumed.start_epoch, resumed.start_step = resumed.load_state_dict(st)
     assert resumed.adopted == (1,)
     resumed.down_peers = lambda: {1}
     resumed.run()
@@ -237,21 +237,89 @@ def test_a_down_peers_shard_is_adopted_and_a_resume_keeps_it(setup, tmp_path):
 
 def test_restore_refuses_another_peer_or_model(setup, tmp_path):
     w = make(setup, tmp_path)
-    st = checkpoint.capture(w, 0, 0)
+    st = w.state_dict(0, 0)
     other = make(setup, tmp_path)
     other.peer_id = 1
     with pytest.raises(CheckpointError, match="peer 0, not of peer 1"):
-        checkpoint.restore(other, st)
+        other.load_state_dict(st)
     st["schema_hash"] ^= 1
     with pytest.raises(CheckpointError, match="different model"):
-        checkpoint.restore(w, st)
+        w.load_state_dict(st)
 
 
 def test_seq_fill_updates_are_valid_and_empty(setup, tmp_path):
     w = make(setup, tmp_path)
     before = w.trainer.flat.clone()
     assert w.fill_seq_gap(5) == 5 and w.seq == 5
-    for _, _seq, data, reason in w.bridge.sent:
-        u = wire.unpack(data, w.bridge.limits)
-        assert reason == "seq_fill" and u.values.numel() == 0 and u.indices.numel() == 0
+    assert len(w.bridge.updates()) == len(w.bridge.sent) == 5
+    for item in w.bridge.updates():
+        u = wire.unpack(item.data, w.bridge.limits)
+        assert item.reason == "seq_fill" and u.values.numel() == 0 and u.indices.numel() == 0
     assert torch.equal(before, w.trainer.flat)
+
+
+def same(a, b) -> bool:
+    """Deep equality of state dicts (tensors bit for bit)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b or (a != a and b != b)  # NaN == NaN here
+
+
+def test_every_component_state_round_trips_through_the_worker(setup, tmp_path):
+    """Worker.state_dict is its components' state dicts; loading it into a fresh worker gives them back."""
+    w = make(setup, tmp_path / "a", stop_at=4)
+    w.run()
+    st = checkpoint.decode(checkpoint.encode(w.state_dict(0, 4)))  # through the file format too
+    assert {"trainer", "feedback", "encoder", "trigger", "applied", "policy", "attack", "progress", "seq"} <= set(st)
+    fresh = make(setup, tmp_path / "b")
+    assert fresh.load_state_dict(st) == (0, 4)
+    again = fresh.state_dict(0, 4)
+    for key in ("trainer", "feedback", "encoder", "trigger", "applied", "policy", "progress", "position", "seq"):
+        assert same(st[key], again[key]), key
+    assert w.progress.updates_applied > 0 and fresh.progress.state_dict() == w.progress.state_dict()
+    assert fresh.applied.state_dict() == w.applied.state_dict() and fresh.applied.state_dict()[1][0] > 0
+
+
+def test_a_malformed_worker_state_is_a_checkpoint_error(setup, tmp_path):
+    w = make(setup, tmp_path)
+    st = w.state_dict(0, 0)
+    del st["trigger"]
+    with pytest.raises(CheckpointError, match="missing or malformed field"):
+        make(setup, tmp_path).load_state_dict(st)
+
+
+def test_randomk_peers_pick_different_elements_and_resume_exactly(setup, tmp_path):
+    """The encoder is seeded by (seed, peer id): two peers' random-k choices differ, a peer's own
+    repeat themselves, and a mid-epoch resume is still bit-exact."""
+    cfg, dataset, shards = setup
+    cfg = config.replace(cfg, ["codec.select=randomk"])
+
+    def worker(peer, path, stop_at=None):
+        w = build_worker(cfg, peer, dataset, shards[peer])
+        w.bridge = Neighbour(w, stop_at) if peer == 0 else w.bridge
+        w.checkpointer = Checkpointer(path, peer, cfg.checkpoint)
+        return w
+
+    def first_indices(w):
+        x, y = next(iter(w.trainer.batches(0)))
+        w.train_batch(x, y, 0)
+        w.send_update("test")
+        return wire.unpack(w.bridge.updates()[-1].data, w.limits).indices.tolist()
+
+    a0, a1 = first_indices(worker(0, tmp_path / "x")), first_indices(worker(1, tmp_path / "y"))
+    assert a0 != a1 and a0 == first_indices(worker(0, tmp_path / "z"))
+    straight = worker(0, tmp_path / "a")
+    straight.run()
+    first = worker(0, tmp_path / "b", stop_at=STEPS + 4)
+    assert first.run()["stopped"]
+    resumed = worker(0, tmp_path / "c")
+    _, st = checkpoint.latest(tmp_path / "b" / "checkpoints" / "peer-0")
+    resumed.start_epoch, resumed.start_step = resumed.load_state_dict(st)
+    resumed.run()
+    assert torch.equal(straight.trainer.flat, resumed.trainer.flat)
+    a, c = sent_updates(straight), sent_updates(resumed)
+    assert c and all(a[s] == c[s] for s in c)

@@ -34,7 +34,7 @@ def roundtrip(cfg: CodecConfig, residual: torch.Tensor, **kw):
     enc = make_encoder(cfg, LAYOUT)
     ef = ErrorFeedback(LAYOUT.numel)
     ef.residual.copy_(residual)
-    msg = enc.encode(ef, **kw)
+    msg = enc.encode(ef, **kw).msg
     wire = pb.GradUpdate.FromString(msg.SerializeToString())
     indices, values = decode_update(wire, LAYOUT.numel)
     applied = torch.zeros(LAYOUT.numel)
@@ -152,7 +152,7 @@ def test_powersgd_recovers_low_rank_and_stays_consistent():
     ef.residual.copy_(before)
     applied = torch.zeros(LAYOUT.numel)
     for _ in range(3):  # power iterations warm-start from the previous Q
-        msg = enc.encode(ef)
+        msg = enc.encode(ef).msg
         indices, values = decode_update(pb.GradUpdate.FromString(msg.SerializeToString()), LAYOUT.numel)
         assert indices is None and msg.selection == pb.SELECTION_POWERSGD and len(msg.low_rank) == 2
         applied += torch.from_numpy(values)
@@ -184,7 +184,7 @@ def test_warmup_density_falls_to_target():
     counts = []
     for _ in range(6):
         ef.residual.copy_(heavy_tailed(LAYOUT.numel))
-        counts.append(enc.encode(ef).count)
+        counts.append(enc.encode(ef).msg.count)
     assert counts[0] > counts[1] > counts[2] > counts[3] > counts[4] == counts[5]
     assert counts[0] == pytest.approx(0.25 * 69632, rel=0.05)
     assert counts[4] == pytest.approx(0.01 * 69632, rel=0.05)
@@ -196,7 +196,7 @@ def test_momentum_correction_masks_the_velocity():
     ef.add(delta)
     ef.add(delta)
     assert torch.allclose(ef.residual, delta * 2.9)
-    msg = make_encoder(CodecConfig(density=0.01), LAYOUT).encode(ef)
+    msg = make_encoder(CodecConfig(density=0.01), LAYOUT).encode(ef).msg
     indices, _ = decode_update(pb.GradUpdate.FromString(msg.SerializeToString()), LAYOUT.numel)
     assert ef.velocity is not None and not ef.velocity[torch.from_numpy(indices)].any()
     assert ef.velocity.count_nonzero() == LAYOUT.numel - len(indices)
@@ -240,7 +240,7 @@ def test_encoder_state_resumes_warmup_and_rng():
     a, b = ErrorFeedback(LAYOUT.numel), ErrorFeedback(LAYOUT.numel)
     a.residual.copy_(heavy_tailed(LAYOUT.numel, 1))
     b.residual.copy_(a.residual)
-    assert enc.encode(a).indices == clone.encode(b).indices
+    assert enc.encode(a).msg.indices == clone.encode(b).msg.indices
 
 
 def test_registries_cover_the_enums():
@@ -255,3 +255,37 @@ def test_an_empty_update_decodes_to_nothing():
     msg = pb.GradUpdate(selection=pb.SELECTION_TOPK, value_codec=pb.VALUE_CODEC_FP32, numel=LAYOUT.numel)
     indices, values = decode_update(msg, LAYOUT.numel)
     assert indices is not None and indices.size == 0 and values.size == 0
+
+
+def test_encode_returns_what_the_receivers_decode_and_what_left_the_residual():
+    cfg = CodecConfig(density=0.02)
+    ef = ErrorFeedback(LAYOUT.numel)
+    ef.residual.copy_(heavy_tailed(LAYOUT.numel, 2))
+    before = ef.residual.clone()
+    encoded = make_encoder(cfg, LAYOUT).encode(ef)
+    indices, values = decode_update(encoded.msg, LAYOUT.numel)
+    assert encoded.sent.indices is not None and encoded.sent.indices.numpy().tolist() == indices.tolist()
+    assert torch.equal(encoded.sent.values, torch.from_numpy(values))
+    took = torch.zeros(LAYOUT.numel).index_add_(0, encoded.sent.indices, encoded.sent.values)
+    assert torch.equal(before - ef.residual, took)  # exactly what was subtracted, to the bit
+    rest = ef.residual.clone()
+    full = make_encoder(cfg, LAYOUT).encode(ef, density=1.0)  # the lossless fp32 flush: everything, dense
+    assert full.sent.indices is None and torch.equal(full.sent.values, rest) and not ef.residual.any()
+
+
+def randomk_indices(enc, seed: int = 3) -> list[int]:
+    ef = ErrorFeedback(LAYOUT.numel)
+    ef.residual.copy_(heavy_tailed(LAYOUT.numel, seed))
+    return decode_update(enc.encode(ef).msg, LAYOUT.numel)[0].tolist()
+
+
+def test_randomk_is_seeded_per_peer_and_reproducible_and_resumes_exactly():
+    cfg = dataclasses.replace(CodecConfig(density=0.01), select="randomk")
+    peer0, peer1 = make_encoder(cfg, LAYOUT, seed=5, peer=0), make_encoder(cfg, LAYOUT, seed=5, peer=1)
+    first0 = randomk_indices(peer0)
+    assert first0 != randomk_indices(peer1)  # two peers of one swarm pick different elements
+    assert first0 == randomk_indices(make_encoder(cfg, LAYOUT, seed=5, peer=0))  # a peer reproduces itself
+    assert first0 != randomk_indices(make_encoder(cfg, LAYOUT, seed=6, peer=0))  # the run seed matters
+    resumed = make_encoder(cfg, LAYOUT, seed=5, peer=0)
+    resumed.load_state_dict(peer0.state_dict())
+    assert randomk_indices(peer0, 4) == randomk_indices(resumed, 4)  # and a resume continues the stream

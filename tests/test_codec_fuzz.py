@@ -41,7 +41,7 @@ def _valid_messages() -> list[bytes]:
     for seq, cfg in enumerate(CODECS):
         ef = ErrorFeedback(LAYOUT.numel)
         ef.residual.copy_(torch.randn(LAYOUT.numel, generator=g) * torch.rand(LAYOUT.numel, generator=g) ** 2)
-        out.append(wire.pack_update(make_encoder(cfg, LAYOUT).encode(ef), node_id=1, seq=seq, step=3, epoch=0,
+        out.append(wire.pack_update(make_encoder(cfg, LAYOUT).encode(ef).msg, node_id=1, seq=seq, step=3, epoch=0,
                                     confidence=0.5, schema_hash=LAYOUT.schema_hash))
     out.append(wire.pack_hello(node_id=2, schema_hash=LAYOUT.schema_hash, config_hash="c0ffee", address="tcp://h:1",
                                epochs=2))
@@ -81,10 +81,21 @@ def check(data: bytes) -> None:
 
 
 def test_every_valid_message_is_accepted():
-    for data in VALID:
-        msg = wire.unpack(data, LIMITS)
+    kinds = [wire.DecodedUpdate] * len(CODECS) + [wire.Hello, wire.Done, wire.StateRequest] + [wire.StateChunk] * 2
+    for i, (data, kind) in enumerate(zip(VALID, kinds, strict=True)):
         check(data)
-        assert not isinstance(msg, ProtocolError)
+        msg = wire.unpack(data, LIMITS)  # raises (and fails the test) on a rejection
+        assert type(msg) is kind, (i, msg)
+        if isinstance(msg, wire.DecodedUpdate):
+            assert (msg.node_id, msg.seq, msg.step, msg.epoch, msg.confidence) == (1, i, 3, 0, 0.5)
+            assert msg.wire_bytes == len(data) and bool(msg.values.abs().sum() > 0)
+        elif isinstance(msg, wire.Hello):
+            assert (msg.node_id, msg.config_hash, msg.address, msg.epochs) == (2, "c0ffee", "tcp://h:1", 2)
+        elif isinstance(msg, wire.Done):
+            assert (msg.node_id, msg.last_seq, msg.complete) == (0, 4, True)
+        elif isinstance(msg, wire.StateChunk):
+            expected = torch.arange(msg.offset, msg.offset + msg.values.numel(), dtype=torch.float32)
+            assert msg.total == LAYOUT.numel and msg.values.numel() > 0 and torch.equal(msg.values, expected)
 
 
 @FUZZ
@@ -147,15 +158,45 @@ def test_random_codec_fields(base, data):
     check(env.SerializeToString())
 
 
+def _reason(data: bytes) -> str:
+    """The ProtocolError reason of a rejected message (fails if the message is accepted)."""
+    try:
+        msg = wire.unpack(data, LIMITS)
+    except ProtocolError as exc:
+        assert exc.reason in wire.REASONS
+        return exc.reason
+    raise AssertionError(f"accepted: {msg}")
+
+
 def test_known_nasty_cases():
     env = pb.Envelope.FromString(VALID[0])
     env.update.count = 2**64 - 1
-    check(env.SerializeToString())
+    assert _reason(env.SerializeToString()) == "count_mismatch"
     env = pb.Envelope.FromString(VALID[0])
     env.update.index_param = 32
     env.update.indices = b"\xff" * 50
-    check(env.SerializeToString())
+    assert _reason(env.SerializeToString()) == "index_out_of_range"
     env = pb.Envelope.FromString(VALID[0])
     env.update.dense_offsets[0] = 2**64 - 1
-    check(env.SerializeToString())
-    assert np.isfinite(np.float32(1e38) * np.float32(1.0))
+    assert _reason(env.SerializeToString()) == "bad_segment"
+
+
+def _int8_update(level: int, scale: float) -> bytes:
+    """The dense int8 message of CODECS[5] with every value at ``level`` and every scale ``scale``."""
+    env = pb.Envelope.FromString(VALID[5])
+    u = env.update
+    assert CODECS[5].values == "int8" and len(u.scales) > 0
+    u.values = bytes([level & 0xFF]) * len(u.values)
+    u.scales[:] = [scale] * len(u.scales)
+    return env.SerializeToString()
+
+
+def test_a_scale_that_overflows_float32_after_scaling_is_non_finite():
+    big = float(np.float32(1e38))  # finite in float32, so it passes the bad_scale check ...
+    ok = wire.unpack(_int8_update(1, big), LIMITS)  # ... and 1 x 1e38 is still finite: accepted
+    assert isinstance(ok, wire.DecodedUpdate) and bool(torch.isfinite(ok.values).all())
+    assert float(ok.values.max()) == big
+    assert _reason(_int8_update(127, big)) == "non_finite"  # 127 x 1e38 > float32 max: rejected
+    assert _reason(_int8_update(-127, big)) == "non_finite"
+    assert _reason(_int8_update(1, float("inf"))) == "bad_scale"
+    assert _reason(_int8_update(1, -1.0)) == "bad_scale"

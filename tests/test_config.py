@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,86 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         config.load(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="invalid YAML"):
         config.load(_write(tmp_path, "train: [\n"))
+
+
+def _float_keys(cls: type = config.Config, prefix: str = "") -> list[str]:
+    """Every float field of the tree (``float`` or ``float | None``), as dotted keys."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += _float_keys(tp, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+        elif tp is float or float in typing.get_args(tp):
+            keys.append(prefix + f.name)
+    return keys
+
+
+FLOAT_KEYS = _float_keys()
+
+
+def test_float_keys_cover_the_tree() -> None:
+    assert {"codec.density", "train.lr", "link.latency_ms", "experiment.target_accuracy"} <= set(FLOAT_KEYS)
+    assert len(FLOAT_KEYS) > 20
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize(("text", "shown"), [(".nan", "nan"), (".inf", "inf"), ("-.inf", "-inf")])
+def test_non_finite_floats_are_rejected(tmp_path: Path, key: str, text: str, shown: str) -> None:
+    expected = f"{key}: expected a finite number, got {shown}"
+    with pytest.raises(ConfigError) as exc:
+        config.load(None, [f"{key}={text}"])
+    assert _one_line(exc) == expected
+    section, _, name = key.rpartition(".")
+    yaml_text = f"{section}:\n  {name}: {text}\n" if section else f"{name}: {text}\n"
+    with pytest.raises(ConfigError) as exc:
+        config.load(_write(tmp_path, yaml_text))
+    assert _one_line(exc) == expected
+
+
+def test_nan_from_python_is_rejected_too() -> None:
+    cfg = config.load(None)
+    with pytest.raises(ConfigError, match=r"^codec\.density: expected a finite number, got nan$"):
+        config.replace(cfg, {"codec": {"density": float("nan")}})
+
+
+def test_experiment_overrides_merge_into_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "experiment: {seeds: [0, 1], sweeps: {peers: [2]}}\n")
+    cfg = config.load(path, ["experiment.seeds=[5]"])
+    assert cfg.experiment.seeds == (5,) and cfg.experiment.sweeps == {"peers": (2,)}
+    assert config.load(path, ["experiment.sweeps={}"]).experiment.sweeps == {}  # an empty mapping clears
+    with pytest.raises(ConfigError, match=r"^experiment\.arms\[0\]: expected one of"):
+        config.load(path, ["experiment.arms=[big]"])
+
+
+def test_data_and_model_names_take_import_paths(tmp_path):
+    cfg = config.load(None, ["data.name=mypkg.sets:load", "model.name=mypkg.nets:make"])
+    assert cfg.data.name == "mypkg.sets:load" and cfg.model.name == "mypkg.nets:make"
+    with pytest.raises(ConfigError, match=r"^data.name: expected one of 'mnist'.*'package.module:factory', got 'mnst'$"):
+        config.load(None, ["data.name=mnst"])
+    with pytest.raises(ConfigError, match=r"^model.name: expected a built-in model or 'package.module:factory'"):
+        config.load(None, ["model.name='pkg mod:make'"])
+
+
+def test_hosts_from_a_hostfile_next_to_the_config(tmp_path):
+    (tmp_path / "hosts.txt").write_text("10.0.0.1 slots=2\n10.0.0.2 slots=2\n")
+    (tmp_path / "c.yaml").write_text("peers: 4\ntopology:\n  hosts: hostfile:hosts.txt\n")
+    cfg = config.load(tmp_path / "c.yaml")
+    assert cfg.topology.hosts == ("10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.2")
+    with pytest.raises(ConfigError, match="4 slots for 5 peers"):
+        config.load(tmp_path / "c.yaml", ["peers=5"])
+
+
+def test_yaml_syntax_errors_say_where_and_what(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: 0.1\n  epochs: [1, 2\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(bad)
+    message = str(info.value)
+    assert message.startswith(f"{bad}:") and "invalid YAML: " in message and "\n" not in message
+    assert any(word in message for word in ("expected", "flow sequence")), message
+
+
+def test_default_ports_lie_below_the_ephemeral_range():
+    cfg = config.load(None)
+    top = cfg.topology.base_port + 2 * 256  # data + a margin for every peer id
+    assert top < 32768 and cfg.dashboard.telemetry_port + 256 < 32768

@@ -22,6 +22,7 @@ from fake_swarm import FakeSwarm, swarm_config
 from ports import free_port_block
 
 from gossip.config import Config
+from gossip.observe import dashboard
 from gossip.observe.dashboard import Dashboard, _Client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,6 +117,37 @@ def test_deltas_follow_live_telemetry_and_a_dying_peer_goes_down() -> None:
     run_with_client(cfg, body)
 
 
+def rates_agree(snap: dict[str, Any]) -> bool:
+    """The one-source rule: swarm.bps is the edges' sum and the chart's latest point, at one sample."""
+    edges = sum(link["bps_ab"] + link["bps_ba"] for link in snap["links"])
+    point = snap["bandwidth"][-1]
+    return bool(snap["swarm"]["bps"] == edges == point[1] and snap["swarm"]["sample_ts"] == point[0])
+
+
+def test_every_rate_comes_from_one_sample_in_the_feed_and_the_api() -> None:
+    cfg = swarm_config(4)
+
+    async def body(client: TestClient, dash: Dashboard) -> None:
+        with FakeSwarm(cfg, rate_bps=2e6):
+            async with client.ws_connect("/ws") as ws:
+                state: dict[str, Any] = {}
+                await receive_until(ws, state, lambda s: bool(s) and s["swarm"]["bps"] > 12e6)
+                for _ in range(3):  # the page's view, sample after sample
+                    msg: dict[str, Any] = {}
+                    while "bandwidth" not in msg:
+                        msg = json.loads(await ws.receive_str(timeout=5))
+                    assert msg["swarm"]["bps"] == msg["bandwidth"][-1][1]
+                    assert msg["swarm"]["sample_ts"] == msg["bandwidth"][-1][0]
+                    edges = sum(link["bps_ab"] + link["bps_ba"] for link in msg.get("links", state["links"]))
+                    state["links"] = msg.get("links", state["links"])
+                    assert edges == msg["swarm"]["bps"]
+            async with client.get("/api/snapshot") as resp:
+                snap = await resp.json()
+            assert snap["swarm"]["bps"] > 12e6 and rates_agree(snap)
+
+    run_with_client(cfg, body)
+
+
 def test_websocket_checks_origin_and_routes_check_host() -> None:
     cfg = swarm_config(2)
 
@@ -156,6 +188,16 @@ def test_page_and_assets_are_served_read_only_with_a_strict_policy() -> None:
     run_with_client(cfg, body)
 
 
+def test_page_files_come_from_the_package_when_installed_else_from_the_checkout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert dashboard.web_dir() == ROOT / "web"  # editable install: gossip/_web does not exist
+    (tmp_path / "_web").mkdir()
+    monkeypatch.setattr(dashboard.importlib.resources, "files", lambda package: tmp_path)
+    assert dashboard.web_dir() == ROOT / "web"  # an empty _web (no index.html) is not a page
+    (tmp_path / "_web" / "index.html").write_text("<html></html>")
+    assert dashboard.web_dir() == tmp_path / "_web"
+
+
 def test_a_slow_client_is_resynced_instead_of_growing_a_backlog() -> None:
     async def body() -> None:
         client = _Client(None, type("R", (), {"transport": None})())  # type: ignore[arg-type]
@@ -163,7 +205,7 @@ def test_a_slow_client_is_resynced_instead_of_growing_a_backlog() -> None:
             client.offer(f"delta {i}")
         assert client.queue.qsize() <= 8 and client.resyncs > 0
         items = [client.queue.get_nowait() for _ in range(client.queue.qsize())]
-        assert items[0] is not None and not isinstance(items[0], str)  # the resync marker comes first
+        assert items[0] is dashboard._RESYNC  # the resync marker comes first
         assert all(isinstance(x, str) for x in items[1:])
 
     asyncio.run(body())

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from ports import free_port_block
 
+from gossip import analyze as analyze_cli
 from gossip import config
 from gossip.experiments import analyze, experiment, plan, report
 
@@ -112,7 +113,7 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path, capsys, data_root):
     assert peer.loc[peer.event == "epoch_end", "epoch"].tolist() == [0, 1]
 
     # the same table from the logs alone
-    assert analyze.main([str(out)]) == 0
+    assert analyze_cli.main([str(out)]) == 0
     assert report.markdown_table(result["rows"], 0.5) in capsys.readouterr().out
 
     # resume: everything is done, nothing runs again

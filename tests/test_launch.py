@@ -98,3 +98,49 @@ def test_peer_cli_rejects_bad_override(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: train.lr: expected a number, got 'fast'"
+
+
+def _wait_for(predicate, timeout, what):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigterm_to_the_launcher_stops_every_peer(data_root, tmp_path):
+    import signal
+
+    import psutil
+
+    path = write_cfg(tmp_path, tiny(peers=2, **{"train.epochs": 20}))  # still training when signalled
+    run_dir = tmp_path / "run"
+    launcher = subprocess.Popen([sys.executable, "-m", "gossip.launch", str(path), "--run-dir", str(run_dir),
+                                 "--no-dashboard"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        parent = psutil.Process(launcher.pid)
+        _wait_for(lambda: len(parent.children()) == 2, 60, "two peer processes")
+        peers = parent.children()
+
+        def training(i):
+            log = run_dir / f"peer-{i}.jsonl"
+            return log.is_file() and '"neighbours_met"' in log.read_text()
+
+        _wait_for(lambda: all(training(i) for i in range(2)), 120, "both peers to meet and train")
+        launcher.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=30)
+    finally:
+        if launcher.poll() is None:  # the test failed: do not leave the swarm behind
+            for child in psutil.Process(launcher.pid).children(recursive=True):
+                child.kill()
+            launcher.kill()
+    assert launcher.returncode == 128 + signal.SIGTERM, err
+    _, alive = psutil.wait_procs(peers, timeout=15)
+    assert not alive, f"peers outlived the launcher: {[p.pid for p in alive]}"
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["interrupted"] is True and result["signal"] == "SIGTERM"
+    events = [json.loads(line)["event"] for line in (run_dir / "launch.jsonl").read_text().splitlines()]
+    assert "launch_interrupted" in events and events[-1] == "launch_end"

@@ -21,21 +21,25 @@ def test_defaults_come_from_the_config():
     ({"seed": [0]}, "experiment.seed: unknown key"),
     ({"large_model": "gpt5"}, "experiment.large_model: unknown model 'gpt5'"),
     ({"seeds": []}, "experiment.seeds: expected a non-empty list of integers"),
-    ({"seeds": [0, "1"]}, "experiment.seeds:"),
-    ({"sweep_seeds": 1}, "experiment.sweep_seeds:"),
-    ({"arms": ["swarm", "huge"]}, "experiment.arms:"),
-    ({"target_accuracy": 98}, "experiment.target_accuracy: expected a number in (0, 1]"),
-    ({"match_tolerance_pts": -1}, "experiment.match_tolerance_pts:"),
+    ({"seeds": [0, "1"]}, "experiment.seeds[1]: expected an integer, got '1'"),
+    ({"sweep_seeds": 1}, "experiment.sweep_seeds: expected a non-empty list of integers, got 1"),
+    ({"arms": ["swarm", "huge"]}, "experiment.arms[1]: expected one of 'large', 'small', 'swarm', got 'huge'"),
+    ({"arms": []}, "experiment.arms: expected a non-empty list, got []"),
+    ({"target_accuracy": 98}, "experiment.target_accuracy: must be <= 1.0, got 98.0"),
+    ({"target_accuracy": 0}, "experiment.target_accuracy: must be > 0.0, got 0.0"),
+    ({"target_accuracy": float("nan")}, "experiment.target_accuracy: expected a finite number, got nan"),
+    ({"match_tolerance_pts": -1}, "experiment.match_tolerance_pts: must be >= 0.0, got -1.0"),
     ({"ensemble": "yes"}, "experiment.ensemble: expected true or false"),
     ({"sweeps": [1, 2]}, "experiment.sweeps: expected a mapping"),
-    ({"sweeps": {"link.bandwidth": "10Gbps"}}, "experiment.sweeps.link.bandwidth: expected a non-empty list"),
+    ({"sweeps": {"link.bandwidth": "10Gbps"}}, "experiment.sweeps.link.bandwidth: expected a list of values"),
+    ({"sweeps": {"link.bandwidth": []}}, "experiment.sweeps.link.bandwidth: expected a non-empty list of values"),
     ({"sweeps": {"link.bandwidth": ["fast"]}}, "experiment.sweeps.link.bandwidth: 'fast': link.bandwidth:"),
     ({"sweeps": {"codec.densty": [0.1]}}, "experiment.sweeps.codec.densty: 0.1: codec.densty: unknown key"),
     ({"sweeps": {"partition": ["dirichlet:x"]}}, "experiment.sweeps.partition: 'dirichlet:x': expected iid"),
     ({"sweeps": {"partition": ["dirichlet:0"]}}, "experiment.sweeps.partition: 'dirichlet:0': data.alpha"),
 ])
 def test_bad_settings_name_the_key(exp, message):
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(ConfigError) as exc:  # types and ranges fail in the loader, the rest in settings_from
         plan.settings_from(cfg_with(exp))
     assert str(exc.value).startswith(message) and "\n" not in str(exc.value)
 
@@ -80,7 +84,11 @@ def test_load_merges_experiment_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("experiment: {large_model: mnist_cnn, seeds: [0, 1], sweeps: {peers: [2]}}\n")
     cfg = plan.load(path, ["experiment.seeds=[5]", "train.epochs=1", "experiment.sweeps={}"])
-    assert cfg.experiment == {"large_model": "mnist_cnn", "seeds": [5], "sweeps": {}} and cfg.train.epochs == 1
+    assert cfg.experiment == config.ExperimentConfig(large_model="mnist_cnn", seeds=(5,)) and cfg.train.epochs == 1
+    # the same merge in gossip.config.load itself: a non-empty sweeps mapping adds to the file's
+    more = config.load(path, ["experiment.sweeps={codec.density: [0.1]}", "experiment.ensemble=false"])
+    assert more.experiment.sweeps == {"peers": (2,), "codec.density": (0.1,)} and more.experiment.seeds == (0, 1)
+    assert not more.experiment.ensemble
 
 
 def test_more_seeds_or_sweeps_keep_the_arms_already_run():
@@ -93,3 +101,20 @@ def test_more_seeds_or_sweeps_keep_the_arms_already_run():
     after = hashes({"seeds": [0, 1], "sweeps": {"link.bandwidth": ["10Gbps", "100Mbps"]}})
     assert set(before) < set(after)
     assert all(after[name] == h for name, h in before.items())
+
+
+def test_experiment_is_a_typed_section_of_the_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("experiment: {seeds: [1, 2], target_accuracy: 0.9, sweeps: {peers: [2, 8]}}\n")
+    exp = config.load(path).experiment
+    assert isinstance(exp, config.ExperimentConfig) and exp.seeds == (1, 2) and exp.target_accuracy == 0.9
+    assert exp.sweeps == {"peers": (2, 8)}
+    with pytest.raises(ConfigError, match=r"^experiment\.seedz: unknown key \(valid: "):
+        config.load(path, ["experiment.seedz=[0]"])
+    with pytest.raises(ConfigError, match=r"^experiment\.match_tolerance_pts: expected a finite number, got inf$"):
+        config.load(path, ["experiment.match_tolerance_pts=.inf"])
+    # only what differs from the defaults is written out: a config without an experiment hashes as before
+    assert config.to_dict(config.load(None))["experiment"] == {}
+    assert config.to_dict(config.load(path))["experiment"] == {"seeds": [1, 2], "target_accuracy": 0.9,
+                                                               "sweeps": {"peers": [2, 8]}}
+    assert config.from_dict(config.to_dict(config.load(path))) == config.load(path)

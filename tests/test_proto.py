@@ -72,3 +72,13 @@ def test_regenerate_writes_both_files(tmp_path):
         pytest.skip(str(exc))
     assert [p.name for p in written] == ["gossip_pb2.py", "gossip_pb2.pyi"] and all(p.exists() for p in written)
     assert "class GradUpdate" in (tmp_path / "gossip_pb2.pyi").read_text()
+
+
+def test_check_outside_a_source_checkout_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(proto, "PROTO", tmp_path / "proto" / "gossip.proto")  # as in site-packages
+    monkeypatch.setattr(proto, "GENERATED", tmp_path / "gossip" / "_proto")
+    assert proto.main(["--check"]) == 2
+    assert proto.main(["--regenerate"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("not run from a source checkout") == 2 and "Traceback" not in err
+    assert not (tmp_path / "gossip").exists()  # nothing written

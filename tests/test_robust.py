@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from gossip import aggregation as aggregate
 from gossip import config
-from gossip.aggregation import basic as aggregate
-from gossip.aggregation import robust
-from gossip.aggregation.basic import Local
+from gossip.aggregation import Local, clip
+from gossip.aggregation.windowed import Windowed
 from gossip.protocol import wire
 from gossip.runtime import checkpoint
 from gossip.sim.attacks import build_update
@@ -59,7 +59,7 @@ def honest():
 @pytest.mark.parametrize("name", ROBUST)
 def test_registered_and_built_by_make_policy(name):
     assert name in aggregate.POLICIES
-    assert isinstance(policy(name), robust.Windowed)
+    assert isinstance(policy(name), Windowed)
 
 
 @pytest.mark.parametrize("name", ROBUST)
@@ -151,7 +151,7 @@ def test_clip_distrusts_by_the_mean_cosine_not_single_verdicts():
     weak[:3] = [0.1, 0.0, 1.0]  # cosine with ours about +0.07
     local = Local(step=0, confidence=0.5)
     flat = torch.zeros(NUMEL)
-    for seq in range(robust.DISTRUST_MIN):
+    for seq in range(clip.DISTRUST_MIN):
         p.fold(flat, [update(1, -good if seq % 2 else weak, seq=seq),
                       update(2, -good if seq == 1 else good, seq=seq)], local)
     assert p.stats["opposed"] == 2  # seq 1 of both senders
@@ -164,7 +164,7 @@ def test_clip_trust_and_final_reference_survive_a_checkpoint(honest):
     h, rows = honest
     p = policy("clip")
     p.bind_direction(torch.from_numpy(h).float())
-    for seq in range(robust.DISTRUST_MIN):
+    for seq in range(clip.DISTRUST_MIN):
         p.fold(torch.zeros(NUMEL), [update(9, -rows[seq], seq=seq)], Local(step=0, confidence=0.5))
     p.observe_own(update(0, -h, seq=5, final=True), NUMEL)  # our final flush points the other way
     q = policy("clip")

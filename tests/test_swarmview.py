@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -167,5 +168,6 @@ def test_hostile_telemetry_never_breaks_the_view(message: dict[str, Any], links:
     clock.now += 0.5
     view.ingest(0, {**message, "ts": 5.0})
     snap = view.snapshot()
-    view.tick()
+    delta = view.tick()
     assert snap["peers"]["0"]["state"] in ("starting", "training", "syncing", "finishing", "done")
+    json.dumps([snap, delta], allow_nan=False)  # what the browser gets stays strict JSON (no NaN/inf)

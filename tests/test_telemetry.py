@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import sys
@@ -13,9 +15,15 @@ import zmq
 from ports import free_port_block
 
 from gossip.config import load
-from gossip.errors import PeerError
 from gossip.observe import telemetry
-from gossip.observe.telemetry import SNAPSHOT_FIELDS, TelemetryPublisher, telemetry_endpoint
+from gossip.observe.telemetry import (
+    MAX_TELEMETRY_BYTES,
+    SNAPSHOT_FIELDS,
+    Received,
+    TelemetryPublisher,
+    TelemetrySubscriber,
+    telemetry_endpoint,
+)
 
 
 def _cfg(*extra: str):
@@ -107,10 +115,15 @@ def test_close_is_idempotent_and_publish_after_close_is_ignored() -> None:
     TelemetryPublisher(cfg, 0).close()  # the port is free again
 
 
-def test_port_in_use_is_a_peer_error_naming_the_setting() -> None:
+def test_a_port_in_use_degrades_to_a_warning_and_publish_does_nothing() -> None:
     cfg = _cfg()
-    with TelemetryPublisher(cfg, 0), pytest.raises(PeerError, match="dashboard.telemetry_port"):
-        TelemetryPublisher(cfg, 0)
+    with TelemetryPublisher(cfg, 0) as first:
+        second = TelemetryPublisher(cfg, 0)  # the port is taken: telemetry is optional, the peer goes on
+        assert first.bound and not second.bound
+        second.publish({"state": "training"})  # no exception, nothing sent
+        second.close()
+        second.close()
+        assert second._ctx.closed
 
 
 def test_gpu_sampling_tolerates_a_broken_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,3 +150,91 @@ def test_gpu_sampling_reports_this_process_on_its_gpu(monkeypatch: pytest.Monkey
     util, mem = gpu.sample()
     gpu.close()
     assert util == 37 and mem is not None and math.isclose(mem, 512)
+
+
+# ---------------------------------------------------------------- the one subscriber
+
+
+def _collect(sub: TelemetrySubscriber, pubs: list[TelemetryPublisher], want: int, timeout_s: float = 10.0
+             ) -> list[Received]:
+    """Publish from every publisher until ``want`` peers have been heard (the SUBs join late)."""
+    got: list[Received] = []
+    deadline = time.monotonic() + timeout_s
+    while len({r.peer_id for r in got}) < want:
+        assert time.monotonic() < deadline, f"heard only {sorted({r.peer_id for r in got})}"
+        for pub in pubs:
+            pub.publish({"state": "training", "step": pub.peer_id * 10})
+        got += sub.poll(100)
+    return got
+
+
+def test_subscriber_hears_every_peer_and_files_snapshots_under_the_sending_endpoint() -> None:
+    cfg = _cfg("peers=3")
+    with TelemetryPublisher(cfg, 0) as p0, TelemetryPublisher(cfg, 2) as p2, TelemetrySubscriber(cfg) as sub:
+        assert len(sub.sockets) == 3  # peer 1 is absent: its socket keeps reconnecting, nothing fails
+        got = _collect(sub, [p0, p2], want=2)
+    assert {r.peer_id for r in got} == {0, 2}
+    for r in got:
+        assert r.message["peer_id"] == r.peer_id and r.message["step"] == r.peer_id * 10
+        assert r.size == len(json.dumps(r.message, separators=(",", ":")).encode())
+
+
+def test_subscriber_decodes_garbage_as_none_and_drops_oversized_frames() -> None:
+    cfg = _cfg("peers=1")
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(telemetry_endpoint(cfg, 0))
+    try:
+        with TelemetrySubscriber(cfg) as sub:
+            got: list[Received] = []
+            deadline = time.monotonic() + 10
+            while not got:
+                assert time.monotonic() < deadline, "nothing received"
+                pub.send(b"\xffnot json")
+                got = sub.poll(100)
+            assert got[0] == Received(0, None, 9)
+            assert telemetry.decode(b"[" * 100_000) is None  # nesting deep enough to hurt is not JSON
+            pub.send(b"x" * (MAX_TELEMETRY_BYTES + 1))  # hostile: ZeroMQ drops it and the connection
+            pub.send(b"{}")
+            late = sub.poll(500)
+            assert all(r.size <= MAX_TELEMETRY_BYTES for r in late)
+    finally:
+        pub.close(0)
+
+
+def test_subscriber_poll_waits_at_most_its_timeout_and_close_is_idempotent() -> None:
+    cfg = _cfg("peers=2")
+    sub = TelemetrySubscriber(cfg)
+    t0 = time.monotonic()
+    assert sub.poll(200) == []
+    assert 0.15 < time.monotonic() - t0 < 5
+    sub.close()
+    sub.close()
+
+
+def test_subscriber_calls_the_secure_hook_on_each_peers_socket_before_connecting() -> None:
+    cfg = _cfg("peers=3")
+    seen: list[tuple[int, bytes]] = []
+
+    def secure(sock: zmq.Socket, peer_id: int) -> None:
+        seen.append((peer_id, sock.getsockopt(zmq.LAST_ENDPOINT)))
+
+    with TelemetrySubscriber(cfg, secure=secure) as sub:
+        assert [p for p, _ in seen] == [0, 1, 2] and all(ep == b"" for _, ep in seen)  # not connected yet
+        assert sub.sockets[2].getsockopt(zmq.LAST_ENDPOINT).decode() == telemetry_endpoint(cfg, 2)
+
+
+def test_subscriber_receives_on_asyncio_sockets() -> None:
+    cfg = _cfg("peers=2")
+
+    async def main() -> list[Received]:
+        with TelemetryPublisher(cfg, 1) as pub, TelemetrySubscriber(cfg, aio=True) as sub:
+            for _ in range(100):
+                pub.publish({"state": "syncing"})
+                with contextlib.suppress(asyncio.TimeoutError):
+                    return await asyncio.wait_for(sub.receive(), 0.1)
+        raise AssertionError("no telemetry received")
+
+    (got,) = asyncio.run(main())
+    assert got.peer_id == 1 and got.message["state"] == "syncing"

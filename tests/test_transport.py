@@ -1,14 +1,17 @@
 """Real ZeroMQ sockets on loopback: delivery, identity, shaping, counters, faults, errors."""
 
 import asyncio
+import random
 import time
 
 import pytest
 from ports import free_port_block
 
 from gossip import config
+from gossip.config import LinkConfig
 from gossip.errors import PeerError
 from gossip.runtime.transport import TokenBucket, Transport, identity, parse_identity
+from gossip.sim import faults
 
 
 def make_cfg(**kw):
@@ -102,3 +105,44 @@ def test_port_in_use_is_a_one_line_error():
             await a.close()
 
     asyncio.run(main())
+
+
+class Draws:
+    """A ``random.Random`` stand-in that returns the given draws in order."""
+
+    def __init__(self, *draws):
+        self.draws = list(draws)
+
+    def random(self):
+        return self.draws.pop(0)
+
+
+def test_no_fault_configured_means_the_plain_send_and_no_random_draws():
+    async def send(data):
+        return None
+
+    rng = random.Random(1)
+    before = rng.getstate()
+    assert faults.wrap_send(send, LinkConfig(), rng) is send
+    assert rng.getstate() == before
+
+
+def test_faulty_link_drops_duplicates_and_holds_back_one_message():
+    cfg = LinkConfig(drop=0.2, duplicate=0.3, reorder=0.5)
+    sent: list[bytes] = []
+
+    async def send(data):
+        sent.append(data)
+
+    link = faults.wrap_send(send, cfg, Draws(0.1, 0.3, 0.9, 0.6, 0.4, 0.9, 0.9, 0.9))  # type: ignore[arg-type]
+    assert isinstance(link, faults.FaultyLink)
+
+    async def main():
+        await link(b"a")  # 0.1 < drop: dropped (no second draw)
+        await link(b"b")  # 0.3: duplicated; 0.9 >= reorder: both go now
+        await link(b"c")  # 0.6: once; 0.4 < reorder: held back
+        await link(b"d")  # 0.9: once, then the held one (no reorder draw while holding)
+        await link(b"e")  # 0.9, 0.9: once
+
+    asyncio.run(main())
+    assert sent == [b"b", b"b", b"d", b"c", b"e"]

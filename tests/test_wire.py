@@ -25,7 +25,7 @@ def update_bytes(cfg: CodecConfig | None = None, **header) -> tuple[bytes, torch
     ef = ErrorFeedback(LAYOUT.numel)
     before = residual()
     ef.residual.copy_(before)
-    msg = make_encoder(cfg or CodecConfig(density=0.02), LAYOUT).encode(ef)
+    msg = make_encoder(cfg or CodecConfig(density=0.02), LAYOUT).encode(ef).msg
     fields = dict(node_id=2, seq=7, step=120, epoch=1, confidence=0.75, schema_hash=LAYOUT.schema_hash)
     fields.update(header)
     return wire.pack_update(msg, **fields), before, ef

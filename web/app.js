@@ -103,10 +103,16 @@
     const counts = (S.swarm && S.swarm.counts) || {};
     document.getElementById("peer-counts").textContent =
       STATES.filter((s) => counts[s]).map((s) => `${counts[s]} ${s}`).join(", ") || "–";
+    // One source: S.swarm.bps is the sum of the edges' rates and the chart's latest point (one
+    // server-side sample, at S.swarm.sample_ts); nothing here rescales or recomputes it.
     const bps = S.swarm ? S.swarm.bps : 0;
     document.getElementById("swarm-bps").textContent = fmtBps(bps);
     document.body.dataset.peersTraining = String(counts.training || 0);
     document.body.dataset.swarmBps = String(bps);
+    document.body.dataset.swarmTs = String(S.swarm ? S.swarm.sample_ts : "");
+    const last = S.bw.length ? S.bw[S.bw.length - 1] : null;
+    document.body.dataset.chartTs = String(last ? last[0] : "");
+    document.body.dataset.chartBps = String(last ? last[1] : "");
     document.body.dataset.finished = String(!!S.summary);
   }
 
@@ -368,11 +374,13 @@
     const cap = S.swarm && S.swarm.cap_bps;
     const peak = Math.max(1e4, ...pts.map((p) => p[1]));
     const yMax = 10 ** Math.ceil(Math.log10(Math.max(peak, cap || 0) * 1.5));
+    // The floor is 100 b/s, not 1 kb/s: between bursts only heartbeats flow (hundreds of b/s), and
+    // the chart must show that figure as the header does rather than sit on its bottom line.
     const ticks = [];
-    for (let v = 1e3; v <= yMax; v *= 10) ticks.push(v);
+    for (let v = 1e2; v <= yMax; v *= 10) ticks.push(v);
     const xMax = Math.max(10, pts.length ? pts[pts.length - 1][0] : 0);
     drawChart(document.getElementById("bw-chart"), {
-      log: true, yMin: 1e3, yMax, yTicks: ticks, yFmt: fmtBps, xMin: 0, xMax,
+      log: true, yMin: 1e2, yMax, yTicks: ticks, yFmt: fmtBps, xMin: 0, xMax,
       series: [
         { name: "swarm total", color: css("--accent"), points: pts.map((p) => [p[0], p[1]]) },
         { name: "busiest link", color: "#f472b6", points: pts.map((p) => [p[0], p[2]]) },

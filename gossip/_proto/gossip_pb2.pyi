@@ -3,7 +3,8 @@
 isort:skip_file
 The gossip wire protocol, version 1.
 
-Every ZeroMQ frame a peer sends is exactly one serialized `Envelope`. The
+Every ZeroMQ frame a peer sends is exactly one serialized `Envelope` (or,
+for a message split by the sending transport's shaper, a `Fragment`). The
 receiver never trusts it: `gossip.wire.unpack` checks the size before
 parsing, then every field below against its own model (`Limits`), and
 rejects anything malformed with a `ProtocolError(reason)`.
@@ -570,3 +571,46 @@ class ResendRequest(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["node_id", b"node_id", "origin", b"origin", "seqs", b"seqs"]) -> None: ...
 
 global___ResendRequest = ResendRequest
+
+@typing.final
+class Fragment(google.protobuf.message.Message):
+    """One piece of a message longer than the sending link's burst (link.chunk_bytes,
+    link.burst_bytes), cut by the transport so its shaper can pace the bytes. It
+    travels as a two-frame ZeroMQ message: this header, then the raw bytes
+    [offset, offset + length) of the whole message (one serialized Envelope).
+    A link sends the fragments of one message in order, back to back; the
+    receiving transport reassembles them (gossip.runtime.fragment) and drops,
+    counted by reason, any that break these rules: fragments of one message share
+    message_id, count and total; index runs 0 .. count-1 with offset = the bytes
+    before it; the last one ends at total; total <= security.max_message_bytes.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: builtins.int
+    INDEX_FIELD_NUMBER: builtins.int
+    COUNT_FIELD_NUMBER: builtins.int
+    TOTAL_FIELD_NUMBER: builtins.int
+    OFFSET_FIELD_NUMBER: builtins.int
+    message_id: builtins.int
+    """the sender's counter of fragmented messages on this link, 0, 1, 2, ..."""
+    index: builtins.int
+    """this fragment's position, 0 .. count-1"""
+    count: builtins.int
+    """fragments of the whole message, 2 .. 65536"""
+    total: builtins.int
+    """length of the whole message in bytes, the same in every fragment"""
+    offset: builtins.int
+    """first byte of this fragment within the whole message"""
+    def __init__(
+        self,
+        *,
+        message_id: builtins.int = ...,
+        index: builtins.int = ...,
+        count: builtins.int = ...,
+        total: builtins.int = ...,
+        offset: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["count", b"count", "index", b"index", "message_id", b"message_id", "offset", b"offset", "total", b"total"]) -> None: ...
+
+global___Fragment = Fragment

@@ -3,6 +3,7 @@
     python -m gossip.analyze runs/compare            # an experiment folder, a swarm run or a baseline run
     python -m gossip.analyze runs/a runs/b           # two runs side by side, with the differences
     python -m gossip.analyze runs/compare --json     # the same figures as JSON
+    python -m gossip.analyze runs/x --csv x.csv --tensorboard runs/tb   # per-epoch scalars (gossip.experiments.export)
 
 What is read (event names and fields are documented in ``docs/logs.md``):
 
@@ -21,18 +22,14 @@ and ``gossip.experiments.experiment`` writes to ``report.md``, so both show the 
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gossip.cli import guarded
 from gossip.errors import DataError
 
 Arm = dict[str, Any]
@@ -53,13 +50,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return events
 
 
-def _latest_run(events: list[dict[str, Any]], first: str) -> list[dict[str, Any]]:
+def latest_run(events: list[dict[str, Any]], first: str) -> list[dict[str, Any]]:
     """The events from the last ``first`` on: a run folder used twice has both runs appended."""
     starts = [i for i, e in enumerate(events) if e.get("event") == first]
     return events[starts[-1]:] if starts else events
 
 
-def _last(events: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+def last_event(events: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     found = [e for e in events if e.get("event") == name]
     return found[-1] if found else None
 
@@ -90,14 +87,14 @@ def _describe(cfg: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- one run folder
 def load_swarm(run_dir: Path) -> Arm:
     logs = sorted(run_dir.glob("peer-*.jsonl"), key=lambda p: int(p.stem.split("-")[1]))
-    peers = [_latest_run(read_jsonl(p), "config_resolved") for p in logs]
+    peers = [latest_run(read_jsonl(p), "config_resolved") for p in logs]
     if not peers:
         raise DataError(f"{run_dir}: no peer-<id>.jsonl logs")
-    resolved = next((r for ev in peers if (r := _last(ev, "config_resolved"))), None)
+    resolved = next((r for ev in peers if (r := last_event(ev, "config_resolved"))), None)
     cfg = resolved["config"] if resolved else {}
-    built = next((b for ev in peers if (b := _last(ev, "peer_built"))), {})
-    finals = [_last(ev, "peer_evaluated") for ev in peers]
-    results = [_last(ev, "peer_result") for ev in peers]
+    built = next((b for ev in peers if (b := last_event(ev, "peer_built"))), {})
+    finals = [last_event(ev, "peer_evaluated") for ev in peers]
+    results = [last_event(ev, "peer_result") for ev in peers]
     epochs: dict[int, list[dict[str, Any]]] = defaultdict(list)  # epoch -> that epoch's record of each peer
     for ev, final in zip(peers, finals, strict=True):
         total = 0.0
@@ -123,9 +120,9 @@ def load_swarm(run_dir: Path) -> Arm:
     done = [r for r in results if r is not None]
     sent = sum(r.get("bytes_sent", 0) for r in done)
     dense = sum(r.get("dense_equivalent_bytes", 0) for r in done)
-    launch = (_latest_run(read_jsonl(run_dir / "launch.jsonl"), "launch_start")
+    launch = (latest_run(read_jsonl(run_dir / "launch.jsonl"), "launch_start")
               if (run_dir / "launch.jsonl").is_file() else [])
-    start, end = _last(launch, "launch_start"), _last(launch, "launch_end")
+    start, end = last_event(launch, "launch_start"), last_event(launch, "launch_end")
     n_epochs = cfg.get("train", {}).get("epochs") or max(1, len(curve))
     accs = [f.get("test_accuracy") for f in finals if f is not None and f.get("test_accuracy") is not None]
     arm = {
@@ -135,7 +132,7 @@ def load_swarm(run_dir: Path) -> Arm:
         "curve": curve, "bytes_sent_total": sent, "dense_equivalent_bytes": dense,
         "mb_per_epoch": sent / 1e6 / n_epochs, "compression_ratio": dense / sent if sent else None,
         "wall_s": end.get("wall_s") if end else max((r.get("wall_s", 0.0) for r in done), default=None),
-        "label_histograms": [(_last(ev, "shard") or {}).get("label_histogram") for ev in peers],
+        "label_histograms": [(last_event(ev, "shard") or {}).get("label_histogram") for ev in peers],
         "rejected": sum(r.get("updates_rejected", 0) for r in done),
         "peers_down": sorted({x["peer"] for ev in peers for x in ev
                               if x.get("event") == "peer_down" and isinstance(x.get("peer"), int)}),
@@ -177,8 +174,8 @@ def _send_rate(run_dir: Path, curve: list[dict[str, Any]], sent_by_epoch: dict[i
 
 
 def load_centralized(run_dir: Path) -> Arm:
-    ev = _latest_run(read_jsonl(run_dir / "baseline.jsonl"), "config_resolved")
-    resolved, start, done = _last(ev, "config_resolved"), _last(ev, "baseline_start") or {}, _last(ev, "baseline_done")
+    ev = latest_run(read_jsonl(run_dir / "baseline.jsonl"), "config_resolved")
+    resolved, start, done = last_event(ev, "config_resolved"), last_event(ev, "baseline_start") or {}, last_event(ev, "baseline_done")
     cfg = resolved["config"] if resolved else {}
     curve, total = [], 0.0
     for e in (e for e in ev if e.get("event") == "epoch_end"):
@@ -215,7 +212,7 @@ def load(path: str | Path) -> dict[str, Any]:
         arm.update(name=root.name, group=arm["kind"], role=arm["kind"], sweep=None)
         return {"dir": str(root), "settings": {}, "arms": [arm]}
     events = read_jsonl(exp_log)
-    plan = _last(events, "experiment_plan")
+    plan = last_event(events, "experiment_plan")
     if plan is None:
         raise DataError(f"{exp_log}: no experiment_plan event")
     extras = {e["dir"]: e for e in events if e.get("event") == "swarm_ensemble" and "dir" in e}
@@ -301,48 +298,3 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
                     "mb_per_epoch_a": ra["mb_per_epoch"], "mb_per_epoch_b": rb["mb_per_epoch"],
                     "wall_s_a": ra["wall_s"], "wall_s_b": rb["wall_s"]})
     return out
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m gossip.analyze",
-        description="Rebuild the results table of an experiment, a swarm run or a baseline run from its "
-        "JSONL logs; with two folders, show them side by side.",
-        epilog="example: python -m gossip.analyze runs/compare_mnist runs/compare_mnist_ring --json",
-    )
-    ap.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="experiment or run folder(s)")
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
-    ap.add_argument("--target", type=float, default=None, help="accuracy for the time-to-target column")
-    args = ap.parse_args(argv)
-
-    def go() -> int:
-        from gossip.experiments import report  # matplotlib-free formatting, imported late to keep --help fast
-
-        summaries = [summarize(load(d), args.target) for d in args.run_dirs]
-        diff = compare(summaries[0], summaries[1]) if len(summaries) == 2 else None
-        if args.json:
-            print(json.dumps(_finite({"runs": summaries, "compare": diff}), indent=2))
-            return 0
-        for s in summaries:
-            print(f"## {s['dir']}\n")
-            print(report.markdown_table(s["rows"], s["target_accuracy"]) + "\n")
-        if diff is not None:
-            print(f"## {summaries[1]['dir']} vs {summaries[0]['dir']}\n")
-            print(report.compare_table(diff))
-        return 0
-
-    return guarded(go)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,12 +1,14 @@
 """Centralized baseline: one model, all the training data, test accuracy every epoch.
 
-    python -m gossip.baseline --config configs/mnist_baseline.yaml --run-dir runs/mnist-base
+    python -m gossip.baseline --config configs/mnist_baseline.yaml      # into runs/baseline
     python -m gossip.baseline --config configs/cifar10_baseline.yaml --run-dir runs/c10 train.epochs=5
 
 Writes ``<run-dir>/baseline.jsonl`` (structured events: ``config_resolved``,
 ``epoch_end``, ...) and ``<run-dir>/result.json`` (``kind: "centralized"``, test
 accuracy, per-epoch history). This is the reference the swarm is compared with;
-:func:`run` does the same from Python.
+:func:`run` does the same from Python. A run directory that holds a previous baseline is
+refused unless ``--fresh`` (``fresh=True``) replaces it. torch is imported only once the
+arguments are parsed, so ``--help`` and argument errors are instant.
 """
 
 from __future__ import annotations
@@ -18,29 +20,49 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from tqdm import tqdm
 
 from gossip import config as config_mod
+from gossip.cli import guarded
 from gossip.config import Config
-from gossip.errors import GossipError
-from gossip.observe.log import configure, get_logger
-from gossip.training.data import load_dataset
-from gossip.training.models import build_model, count_params
-from gossip.training.trainer import StepStats, Trainer, resolve_device, set_threads
+from gossip.observe.log import get_logger, run_logging
+from gossip.runtime import rundir
+
+if TYPE_CHECKING:
+    from gossip.training.trainer import StepStats
+
+DEFAULT_RUN_DIR = "runs/baseline"
 
 log = get_logger("gossip.experiments.baseline")  # not __name__: it is "__main__" under -m
 
-# progress(epoch, step, steps_per_epoch, stats) after each step; (epoch, -1, ..., None) at epoch end
-Progress = Callable[[int, int, int, StepStats | None, dict[str, Any] | None], None]
+# on_step(epoch, step, steps_per_epoch, stats, None) after each step; (epoch, -1, steps, None, record)
+# at an epoch's end (record: that epoch's figures)
+StepCallback = Callable[[int, int, int, "StepStats | None", dict[str, Any] | None], None]
 
 
-def run(cfg: Config, run_dir: str | Path, *, progress: Progress | None = None) -> dict[str, Any]:
-    """Train ``cfg.model`` on all of ``cfg.data`` and write ``run_dir/result.json``; returns the result."""
+def run(cfg: Config, run_dir: str | Path, *, progress: StepCallback | None = None,
+        fresh: bool = False) -> dict[str, Any]:
+    """Train ``cfg.model`` on all of ``cfg.data`` and write ``run_dir/result.json``; returns the result.
+
+    A ``run_dir`` that holds a previous run raises :class:`~gossip.errors.ConfigError` unless
+    ``fresh`` (then that run's files are removed first).
+    """
     run_dir = Path(run_dir)
+    rundir.claim(run_dir, markers=rundir.BASELINE_MARKERS, leftovers=(), fresh=fresh, can_resume=False)
     run_dir.mkdir(parents=True, exist_ok=True)
-    configure(run_dir / "baseline.jsonl")
+    with run_logging(run_dir / "baseline.jsonl"):
+        return _train(cfg, run_dir, progress)
+
+
+def _train(cfg: Config, run_dir: Path, progress: StepCallback | None) -> dict[str, Any]:
+    import torch  # here, not at the top: the CLI parses its arguments without waiting for torch
+
+    from gossip.training.data import load_dataset
+    from gossip.training.models import build_model, count_params
+    from gossip.training.trainer import Trainer, resolve_device, set_threads
+
     log.info("config_resolved", config=config_mod.to_dict(cfg), config_hash=config_mod.config_hash(cfg))
     start, cpu_start = time.perf_counter(), time.process_time()
 
@@ -113,30 +135,29 @@ def run(cfg: Config, run_dir: str | Path, *, progress: Progress | None = None) -
 
 
 class TerminalProgress:
-    """A one-line progress bar on a TTY; one line per epoch otherwise (logs, CI)."""
+    """A tqdm bar per epoch on a TTY (steps, rate, time left, loss); one line per epoch otherwise (logs, CI)."""
 
     def __init__(self, epochs: int, stream: Any = sys.stderr) -> None:
         self.epochs, self.stream = epochs, stream
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
-        self.last_draw = 0.0
-        self.t0 = time.perf_counter()
+        self.bar: tqdm[Any] | None = None
 
     def __call__(self, epoch: int, step: int, steps: int, stats: StepStats | None,
                  record: dict[str, Any] | None) -> None:
-        now = time.perf_counter()
         if record is not None:
-            line = (f"epoch {epoch + 1}/{self.epochs}  train_loss {record['train_loss']:.4f}  "
-                    f"test_acc {record['test_accuracy']:.4f}  test_loss {record['test_loss']:.4f}  "
-                    f"{record['epoch_s']:.1f}s")
-            self.stream.write(("\r\033[K" if self.tty else "") + line + "\n")
+            if self.bar is not None:
+                self.bar.close()  # leave=False: the bar's line is cleared for the epoch's summary
+                self.bar = None
+            self.stream.write(f"epoch {epoch + 1}/{self.epochs}  train_loss {record['train_loss']:.4f}  "
+                              f"test_acc {record['test_accuracy']:.4f}  test_loss {record['test_loss']:.4f}  "
+                              f"{record['epoch_s']:.1f}s\n")
             self.stream.flush()
-        elif self.tty and stats is not None and (now - self.last_draw > 0.25 or step + 1 == steps):
-            self.last_draw = now
-            done = (step + 1) / steps
-            bar = "#" * int(30 * done) + "-" * (30 - int(30 * done))
-            self.stream.write(f"\r\033[Kepoch {epoch + 1}/{self.epochs} [{bar}] {step + 1}/{steps} "
-                              f"loss {stats.loss:.4f}  {now - self.t0:.0f}s")
-            self.stream.flush()
+        elif self.tty and stats is not None:
+            if self.bar is None:
+                self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                                file=self.stream, leave=False, mininterval=0.25, dynamic_ncols=True)
+            self.bar.set_postfix(loss=f"{stats.loss:.4f}", refresh=False)
+            self.bar.update(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,23 +169,23 @@ def main(argv: list[str] | None = None) -> int:
                "data.root=/path/to/data data.limit_train=5000 device=cpu train.threads=2",
     )
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
-    parser.add_argument("--run-dir", required=True, help="output folder for baseline.jsonl and result.json")
+    parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR,
+                        help=f"output folder for baseline.jsonl and result.json (default: {DEFAULT_RUN_DIR}); "
+                        "one that holds a previous baseline is refused unless --fresh")
+    parser.add_argument("--fresh", action="store_true",
+                        help="replace the previous run in RUN_DIR: delete its log and result first")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_args(argv)
-    try:
-        cfg = config_mod.load(args.config, args.overrides)
-        result = run(cfg, args.run_dir, progress=TerminalProgress(cfg.train.epochs))
-    except GossipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    print(f"{result['dataset']} {result['model']} ({result['params']:,} params): "
-          f"test accuracy {result['test_accuracy']:.4f} after {result['epochs']} epochs "
-          f"in {result['wall_s']:.1f}s -> {Path(args.run_dir) / 'result.json'}")
-    return 0
 
+    def go() -> int:
+        cfg = config_mod.load(args.config, args.overrides)
+        result = run(cfg, args.run_dir, progress=TerminalProgress(cfg.train.epochs), fresh=args.fresh)
+        print(f"{result['dataset']} {result['model']} ({result['params']:,} params): "
+              f"test accuracy {result['test_accuracy']:.4f} after {result['epochs']} epochs "
+              f"in {result['wall_s']:.1f}s -> {Path(args.run_dir) / 'result.json'}")
+        return 0
+
+    return guarded(go)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -74,7 +74,7 @@ def measure(layout: Layout, grad: torch.Tensor, cfg: CodecConfig, repeats: int) 
     for seq in range(repeats):
         ef.residual.copy_(grad)
         t0, w0 = time.thread_time(), time.perf_counter()
-        update = encoder.encode(ef)
+        update = encoder.encode(ef).msg
         data = pack_update(update, node_id=0, seq=seq, step=seq, epoch=0, confidence=0.5,
                            schema_hash=layout.schema_hash)
         t1, w1 = time.thread_time(), time.perf_counter()

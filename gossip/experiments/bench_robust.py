@@ -1,7 +1,7 @@
 """``python -m gossip.bench robust``: robust aggregation against simulated attackers.
 
 For every attack (``none`` and each of :mod:`gossip.sim.attacks`) and every aggregation policy
-(``uniform`` and each of :mod:`gossip.aggregation.robust`), trains a swarm of ``peers`` (default 8) of
+(``uniform`` and each robust one of :mod:`gossip.aggregation`), trains a swarm of ``peers`` (default 8) of
 which ``--attackers`` (default 2) lie, and reports the honest peers' test accuracy. Targets
 (checked, printed): every robust policy keeps honest peers ≥ ``TARGET_ACCURACY`` under every
 attack, and without attackers costs ≤ ``TARGET_COST_PTS`` against ``uniform``.
@@ -30,7 +30,6 @@ import multiprocessing
 import random
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,14 @@ import torch
 from gossip import config as config_mod
 from gossip.config import Config
 from gossip.protocol import wire
-from gossip.protocol.codec import Layout
+from gossip.runtime import factory
+from gossip.runtime.bridge import Outgoing
+from gossip.runtime.testing import MemoryBridge
 from gossip.runtime.trigger import FINAL
-from gossip.runtime.worker import FINISHED, Worker
-from gossip.training.data import Dataset, Split, load_dataset
-from gossip.training.models import build_model
+from gossip.runtime.worker import Worker
+from gossip.training.data import Dataset, load_dataset
 from gossip.training.partition import partition
-from gossip.training.trainer import Trainer, set_threads
+from gossip.training.trainer import set_threads
 
 ATTACKS = ("none", "sign_flip", "gaussian", "inflated_confidence", "stale_replay")
 POLICIES = ("uniform", "clip", "trimmed_mean", "median", "centered_clip")
@@ -59,38 +59,12 @@ DEFAULTS = [  # ~1 min a cell on one CPU core; every one can be overridden on th
 ]
 
 
-class MemoryBridge:
-    """Stands in for :class:`gossip.runtime.bridge.Bridge` in one process: plain lists, no loop."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []  # thread -> loop items
-        self.inbox: list[Any] = []  # loop -> thread items
-        self.stop = threading.Event()
-
-    def to_loop(self, item: Any) -> None:
-        self.sent.append(item)
-
-    def to_thread(self, item: Any) -> None:
-        self.inbox.append(item)
-
-    def drain(self, limit: int = 10_000) -> list[Any]:
-        items, self.inbox = self.inbox, []
-        return items
-
-    def wait(self, timeout: float) -> list[Any]:
-        """At the end of training nothing else is coming: say FINISHED when the inbox is empty."""
-        return self.drain() or [FINISHED]
+__all__ = ["LockstepSwarm", "MemoryBridge", "build_worker", "main", "run_cell"]
 
 
 def build_worker(cfg: Config, peer_id: int, dataset: Dataset, shard: torch.Tensor) -> Worker:
     """One peer's worker, built exactly as :class:`gossip.runtime.node.Peer` builds it, on a MemoryBridge."""
-    torch.manual_seed(cfg.seed)  # the same initial weights on every peer
-    model = build_model(cfg.model.name, dataset.num_classes, dataset.train.images.shape[1])
-    split = Split(dataset.train.images[shard], dataset.train.labels[shard])
-    trainer = Trainer(cfg, model, split, dataset, device=torch.device("cpu"), seed=cfg.seed * 1000 + peer_id,
-                          lr_scale=cfg.communication.lr_scale)
-    layout = Layout.from_shapes(trainer.layout)
-    return Worker(cfg, peer_id, trainer, dataset, MemoryBridge(), layout)  # type: ignore[arg-type]
+    return factory.build_worker(cfg, peer_id, dataset, shard, MemoryBridge())
 
 
 class LockstepSwarm:
@@ -114,9 +88,9 @@ class LockstepSwarm:
         for w in self.workers:
             bridge: MemoryBridge = w.bridge  # type: ignore[assignment]
             for item in bridge.sent:
-                if item[0] != "update":
+                if not isinstance(item, Outgoing):
                     continue
-                decoded = wire.unpack(item[2], self.limits)
+                decoded = wire.unpack(item.data, self.limits)
                 for r, other in enumerate(self.workers):
                     if other is not w:
                         late = self.rng.randint(0, self.jitter) if self.jitter else 0

@@ -36,7 +36,7 @@ from gossip.config import Config, config_hash, to_dict
 from gossip.errors import PeerError
 from gossip.experiments import analyze, report
 from gossip.experiments.plan import Settings, load, plan, settings_from
-from gossip.observe.log import configure, get_logger
+from gossip.observe.log import get_logger, run_logging
 
 log = get_logger("gossip.experiments.experiment")  # not __name__: it is "__main__" under -m
 
@@ -63,28 +63,13 @@ class TelemetryRecorder:
         self.thread.join(5)
 
     def _run(self) -> None:
-        import zmq
+        from gossip.observe.telemetry import TelemetrySubscriber
 
-        from gossip.observe.telemetry import telemetry_endpoint
-
-        ctx = zmq.Context()
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.setsockopt(zmq.LINGER, 0)
-        for p in range(self.cfg.peers):
-            sub.connect(telemetry_endpoint(self.cfg, p))
-        with self.path.open("a", encoding="utf-8") as out:
+        with TelemetrySubscriber(self.cfg) as sub, self.path.open("a", encoding="utf-8") as out:
             while not self.stop.is_set():
-                if not sub.poll(200):
-                    continue
-                try:
-                    snap = json.loads(sub.recv(zmq.NOBLOCK))
-                except (zmq.Again, ValueError):
-                    continue
-                if isinstance(snap, dict):
-                    out.write(json.dumps({k: snap.get(k) for k in self.FIELDS}) + "\n")
-        sub.close()
-        ctx.term()
+                for got in sub.poll(200):
+                    if isinstance(got.message, dict):
+                        out.write(json.dumps({k: got.message.get(k) for k in self.FIELDS}) + "\n")
 
 
 def arm_done(arm: dict[str, Any], root: Path, ensemble: bool) -> bool:
@@ -162,58 +147,58 @@ def run(cfg: Config, out: str | Path, *, progress: IO[str] | None = sys.stderr, 
         for name in ("experiment.jsonl", "report.md", "report.json", *(f"{p}.png" for p in report.PLOTS)):
             (root / name).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
-    exp_log = root / "experiment.jsonl"
-    configure(exp_log)
-    entries = [{k: a[k] for k in ("name", "group", "role", "seed", "dir", "kind", "sweep")} for a in arms]
-    log.info("experiment_plan", settings=dataclasses.asdict(s), arms=entries, config=to_dict(cfg))
-    unique: dict[str, dict[str, Any]] = {}
-    for a in arms:
-        unique.setdefault(a["dir"], a)  # an arm sharing another's folder (same config) runs under the first name
-    todo = [] if report_only else list(unique.values())
-    t0 = time.monotonic()
-    failed: list[str] = []
-    cache: dict[str, Any] = {}
-    interrupted = False
-    try:
-        for i, arm in enumerate(todo, 1):
-            head = f"[{i}/{len(todo)}] {arm['name']} ({arm['kind']}, {arm['config'].model.name}"
-            head += f", {arm['config'].peers} peers)" if arm["kind"] == "swarm" else ")"
-            if arm_done(arm, root, s.ensemble):
-                _say(progress, f"{head}: already done, skipped")
-            else:
-                _say(progress, f"{head}: running ...")
-                started = time.monotonic()
-                try:
-                    _run_arm(arm, root, s, progress)
-                except PeerError as exc:
-                    configure(exp_log)
-                    log.error("arm_failed", arm=arm["name"], dir=arm["dir"], error=str(exc))
-                    _say(progress, f"{head}: FAILED: {exc}")
-                    failed.append(arm["name"])
-                    continue
-                configure(exp_log)
-                log.info("arm_done", arm=arm["name"], dir=arm["dir"], seconds=round(time.monotonic() - started, 3))
-                _say(progress, f"{head}: done in {time.monotonic() - started:.0f} s "
-                               f"(experiment {time.monotonic() - t0:.0f} s so far)")
-            if arm["kind"] == "swarm" and s.ensemble:
-                extra = _ensemble(arm, root, cache)
-                configure(exp_log)
-                log.info("swarm_ensemble", arm=arm["name"], dir=arm["dir"], ensemble=extra["ensemble"],
-                         consensus=extra["consensus"], agreement=extra["agreement"],
-                         ensemble_uniform=extra["ensemble_uniform"], peer_accuracy=extra["peer_accuracy"])
-    except KeyboardInterrupt:
-        interrupted = True  # write what is done, then stop; the same command resumes
-    configure(exp_log)
-    data = analyze.load(root)
-    result = report.write(root, data, analyze.summarize(data), data["settings"])
-    log.info("experiment_report", answer=result["answer"], failed=failed, interrupted=interrupted,
-             seconds=round(time.monotonic() - t0, 3))
-    configure()
+    with run_logging(root / "experiment.jsonl"):  # each arm logs to its own folder inside this
+        entries = [{k: a[k] for k in ("name", "group", "role", "seed", "dir", "kind", "sweep")} for a in arms]
+        log.info("experiment_plan", settings=dataclasses.asdict(s), arms=entries, config=to_dict(cfg))
+        unique: dict[str, dict[str, Any]] = {}
+        for a in arms:
+            unique.setdefault(a["dir"], a)  # an arm sharing another's folder (same config) runs under the first name
+        todo = [] if report_only else list(unique.values())
+        t0 = time.monotonic()
+        failed: list[str] = []
+        try:
+            _run_arms(todo, root, s, progress, failed, t0)
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True  # write what is done, then stop; the same command resumes
+        data = analyze.load(root)
+        result = report.write(root, data, analyze.summarize(data), data["settings"])
+        log.info("experiment_report", answer=result["answer"], failed=failed, interrupted=interrupted,
+                 seconds=round(time.monotonic() - t0, 3))
     if interrupted:
         _say(progress, f"interrupted: partial report in {root / 'report.md'}; run the same command to resume")
         raise KeyboardInterrupt
     result["failed"] = failed
     return result
+
+
+def _run_arms(todo: list[dict[str, Any]], root: Path, s: Settings, progress: IO[str] | None,
+              failed: list[str], t0: float) -> None:
+    """Run (or skip, when done) each arm in turn; a failed arm is logged and added to ``failed``."""
+    cache: dict[str, Any] = {}
+    for i, arm in enumerate(todo, 1):
+        head = f"[{i}/{len(todo)}] {arm['name']} ({arm['kind']}, {arm['config'].model.name}"
+        head += f", {arm['config'].peers} peers)" if arm["kind"] == "swarm" else ")"
+        if arm_done(arm, root, s.ensemble):
+            _say(progress, f"{head}: already done, skipped")
+        else:
+            _say(progress, f"{head}: running ...")
+            started = time.monotonic()
+            try:
+                _run_arm(arm, root, s, progress)
+            except PeerError as exc:
+                log.error("arm_failed", arm=arm["name"], dir=arm["dir"], error=str(exc))
+                _say(progress, f"{head}: FAILED: {exc}")
+                failed.append(arm["name"])
+                continue
+            log.info("arm_done", arm=arm["name"], dir=arm["dir"], seconds=round(time.monotonic() - started, 3))
+            _say(progress, f"{head}: done in {time.monotonic() - started:.0f} s "
+                           f"(experiment {time.monotonic() - t0:.0f} s so far)")
+        if arm["kind"] == "swarm" and s.ensemble:
+            extra = _ensemble(arm, root, cache)
+            log.info("swarm_ensemble", arm=arm["name"], dir=arm["dir"], ensemble=extra["ensemble"],
+                     consensus=extra["consensus"], agreement=extra["agreement"],
+                     ensemble_uniform=extra["ensemble_uniform"], peer_accuracy=extra["peer_accuracy"])
 
 
 def main(argv: list[str] | None = None) -> int:

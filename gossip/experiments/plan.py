@@ -1,6 +1,8 @@
 """What an experiment runs: its settings (the config's ``experiment:`` mapping) and its arms.
 
-:func:`settings_from` validates the mapping (a ConfigError names ``experiment.<key>``);
+The mapping is a typed section of the config (:class:`gossip.config.ExperimentConfig`: the loader
+rejects unknown keys and wrong types with a one-line ConfigError naming ``experiment.<key>``);
+:func:`settings_from` fills in its derived defaults and checks what spans the config;
 :func:`plan` expands it into arms x seeds, each with its full config, its folder under the
 experiment's ``DIR/arms/`` and its place in the report (group, role, sweep). Two arms with the
 same config share one folder, so nothing runs twice.
@@ -36,16 +38,16 @@ from pathlib import Path
 from typing import Any
 
 from gossip import config as config_mod
-from gossip.config import Config, config_hash
+from gossip.config import Config, ExperimentConfig, config_hash
 from gossip.errors import ConfigError
 
 BASE_ARMS = ("large", "small", "swarm")
-_KEYS = {"large_model", "small_model", "arms", "seeds", "sweep_seeds", "target_accuracy",
-         "match_tolerance_pts", "ensemble", "dashboard", "sweeps"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+    """``cfg.experiment`` with every derived default filled in (models, seeds)."""
+
     large_model: str
     small_model: str
     arms: tuple[str, ...]
@@ -58,56 +60,30 @@ class Settings:
     sweeps: dict[str, list[Any]]
 
 
-def _ints(key: str, value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or not value or not all(type(v) is int for v in value):
-        raise ConfigError(f"experiment.{key}: expected a non-empty list of integers, got {value!r}")
-    return tuple(value)
-
-
 def settings_from(cfg: Config) -> Settings:
-    """Validate ``cfg.experiment``; a ConfigError names ``experiment.<key>``."""
+    """Resolve ``cfg.experiment`` (already typed and range-checked by the config loader) and check
+    what spans the whole config: known models, and that every sweep value makes a valid config."""
     from gossip.training.models import MODELS
 
-    raw = cfg.experiment
-    unknown = sorted(set(raw) - _KEYS)
-    if unknown:
-        raise ConfigError(f"experiment.{unknown[0]}: unknown key (valid: {', '.join(sorted(_KEYS))})")
+    exp = cfg.experiment
     models = {}
     for key in ("large_model", "small_model"):
-        name = raw.get(key, cfg.model.name)
+        name = getattr(exp, key) or cfg.model.name
         if name not in MODELS:
             raise ConfigError(f"experiment.{key}: unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
         models[key] = name
-    arms = raw.get("arms", list(BASE_ARMS))
-    if not isinstance(arms, list) or not arms or any(a not in BASE_ARMS for a in arms):
-        raise ConfigError(f"experiment.arms: expected a list of {', '.join(BASE_ARMS)}, got {arms!r}")
-    seeds = _ints("seeds", raw.get("seeds", [cfg.seed]))
-    sweep_seeds = _ints("sweep_seeds", raw.get("sweep_seeds", [seeds[0]]))
-    target = raw.get("target_accuracy")
-    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1):
-        raise ConfigError(f"experiment.target_accuracy: expected a number in (0, 1], got {target!r}")
-    tol = raw.get("match_tolerance_pts", 0.5)
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
-        raise ConfigError(f"experiment.match_tolerance_pts: expected a number >= 0, got {tol!r}")
-    flags = {}
-    for key, default in (("ensemble", True), ("dashboard", False)):
-        flags[key] = raw.get(key, default)
-        if not isinstance(flags[key], bool):
-            raise ConfigError(f"experiment.{key}: expected true or false, got {flags[key]!r}")
-    sweeps = raw.get("sweeps", {}) or {}
-    if not isinstance(sweeps, dict):
-        raise ConfigError(f"experiment.sweeps: expected a mapping of key: [values], got {sweeps!r}")
-    for key, values in sweeps.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"experiment.sweeps.{key}: expected a non-empty list of values, got {values!r}")
+    seeds = exp.seeds or (cfg.seed,)
+    for key, values in exp.sweeps.items():
+        if not values:
+            raise ConfigError(f"experiment.sweeps.{key}: expected a non-empty list of values, got []")
         for value in values:  # every value must make a valid config
             try:
                 config_mod.replace(cfg, sweep_overrides(key, value))
             except ConfigError as exc:
                 raise ConfigError(f"experiment.sweeps.{key}: {value!r}: {exc}") from None
-    return Settings(models["large_model"], models["small_model"], tuple(arms), seeds, sweep_seeds,
-                    None if target is None else float(target), float(tol), flags["ensemble"],
-                    flags["dashboard"], {str(k): list(v) for k, v in sweeps.items()})
+    return Settings(models["large_model"], models["small_model"], tuple(exp.arms), seeds,
+                    exp.sweep_seeds or seeds[:1], exp.target_accuracy, exp.match_tolerance_pts,
+                    exp.ensemble, exp.dashboard, {k: list(v) for k, v in exp.sweeps.items()})
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:
@@ -146,11 +122,8 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Like :func:`gossip.config.load`, but ``experiment.x=...`` overrides merge into the mapping."""
-    mine = [o for o in overrides if o.strip().startswith("experiment.")]
-    cfg = config_mod.load(path, [o for o in overrides if o not in mine])
-    extra = config_mod.parse_overrides(mine).get("experiment", {})
-    return dataclasses.replace(cfg, experiment=_merge(cfg.experiment, extra))
+    """:func:`gossip.config.load` (kept for callers: ``experiment.x=...`` overrides merge there too)."""
+    return config_mod.load(path, overrides)
 
 
 def _slug(text: str) -> str:
@@ -165,7 +138,7 @@ def plan(cfg: Config, s: Settings) -> list[dict[str, Any]]:
     def add(group: str, role: str, seed: int, extra: dict[str, Any], sweep: dict[str, Any] | None) -> None:
         # an arm's config drops the experiment mapping: adding a seed or a sweep later must not
         # change the hash of the arms already run (they are resumed by that hash)
-        arm_cfg = config_mod.replace(dataclasses.replace(cfg, experiment={}), _merge({"seed": seed}, extra))
+        arm_cfg = config_mod.replace(dataclasses.replace(cfg, experiment=ExperimentConfig()), _merge({"seed": seed}, extra))
         kind = "swarm" if role in ("swarm", "sweep") else "centralized"
         key = (kind, config_hash(arm_cfg) if kind == "swarm" else config_hash(dataclasses.replace(arm_cfg, peers=1)))
         name = f"{_slug(group.replace(' ', '-'))}-seed{seed}"

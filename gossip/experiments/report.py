@@ -267,7 +267,16 @@ def write(out: Path, run: dict[str, Any], summary: dict[str, Any], settings: dic
     report = {"answer": text, "settings": settings, "target_accuracy": summary["target_accuracy"],
               "rows": summary["rows"], "plots": plots,
               "arms": [{k: v for k, v in a.items() if k != "label_histograms"} for a in run["arms"]]}
-    from gossip.experiments.analyze import _finite
-
-    (out / "report.json").write_text(json.dumps(_finite(report), indent=2), encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(finite(report), indent=2), encoding="utf-8")
     return report
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite(v) for v in obj]
+    return obj

@@ -1,11 +1,12 @@
 """The live dashboard: a read-only observer of peer telemetry, served to a browser.
 
 ``python -m gossip.dashboard [--config CFG] [--host H] [--port P] [key=value ...]``
-serves ``web/`` on ``http://127.0.0.1:3000/`` (``dashboard.host``/``dashboard.port``)
-and a websocket feed on ``/ws``. It SUB-connects to every peer's telemetry endpoint
-named by the config (:func:`gossip.observe.telemetry.telemetry_endpoint`); ZeroMQ keeps
-reconnecting, so peers may start before or after it, die and come back. Peers never
-talk to the dashboard, so training is the same with or without it.
+serves the page (``web/``, found by :func:`web_dir`) on ``http://127.0.0.1:3000/``
+(``dashboard.host``/``dashboard.port``) and a websocket feed on ``/ws``. It SUB-connects
+to every peer's telemetry endpoint named by the config
+(:class:`gossip.observe.telemetry.TelemetrySubscriber`); ZeroMQ keeps reconnecting, so
+peers may start before or after it, die and come back. Peers never talk to the
+dashboard, so training is the same with or without it.
 
 Feed: a ``snapshot`` message on connect, then ``delta`` messages at most every
 :data:`TICK_S` (only when something changed; see :mod:`gossip.observe.swarmview`).
@@ -27,31 +28,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.resources
 import ipaddress
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import zmq
-import zmq.asyncio
 from aiohttp import WSCloseCode, web
 
+from gossip.cli import guarded
 from gossip.config import Config, load
-from gossip.errors import ConfigError, GossipError
+from gossip.errors import ConfigError
 from gossip.observe.log import configure, get_logger
 from gossip.observe.swarmview import SwarmView
-from gossip.observe.telemetry import telemetry_endpoint
+from gossip.observe.telemetry import TelemetrySubscriber
 
 log = get_logger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+
+def web_dir() -> Path:
+    """The page's files: ``gossip/_web`` in an installed wheel, else the source checkout's ``web/``."""
+    packaged = importlib.resources.files("gossip") / "_web"  # copied there by setup.py's build hook
+    if isinstance(packaged, Path) and (packaged / "index.html").is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "web"  # editable install or a plain checkout
+
+
+WEB_DIR = web_dir()
 TICK_S = 0.25  # delta cadence: the page is at most ~TICK_S + one telemetry interval behind
 CLIENT_QUEUE = 8  # messages (~2 s of deltas) before a client is resynced with a snapshot
 SEND_TIMEOUT_S = 5.0
-MAX_TELEMETRY_BYTES = 1 << 20  # a bigger "snapshot" is hostile; ZeroMQ drops the connection
 _RESYNC = object()  # queue marker: send a fresh snapshot here
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -87,31 +97,13 @@ class Dashboard:
         self.view = SwarmView(cfg)
         self.clients: set[_Client] = set()
         self._tasks: list[asyncio.Task[None]] = []
-        self._ctx: zmq.asyncio.Context | None = None
 
     # ------------------------------------------------------------ telemetry in
-    async def _receive(self, peer_id: int, sock: zmq.asyncio.Socket) -> None:
+    async def _receive(self, sub: TelemetrySubscriber) -> None:
         while True:
-            data = await sock.recv()
-            try:
-                message = json.loads(data)
-            except (ValueError, RecursionError):  # not JSON, or nested deep enough to hurt
-                message = None
-            if not self.view.ingest(peer_id, message):
-                log.warning("telemetry_rejected", peer=peer_id, size=len(data))
-
-    def _subscribe(self) -> list[zmq.asyncio.Socket]:
-        self._ctx = zmq.asyncio.Context()
-        socks = []
-        for peer_id in range(self.cfg.peers):
-            sock = self._ctx.socket(zmq.SUB)
-            for opt, value in ((zmq.LINGER, 0), (zmq.RCVHWM, 16), (zmq.MAXMSGSIZE, MAX_TELEMETRY_BYTES),
-                               (zmq.RECONNECT_IVL, 200), (zmq.RECONNECT_IVL_MAX, 2000)):  # fmt: skip
-                sock.setsockopt(opt, value)
-            sock.setsockopt(zmq.SUBSCRIBE, b"")
-            sock.connect(telemetry_endpoint(self.cfg, peer_id))
-            socks.append(sock)
-        return socks
+            for got in await sub.receive():
+                if not self.view.ingest(got.peer_id, got.message):
+                    log.warning("telemetry_rejected", peer=got.peer_id, size=got.size)
 
     # ------------------------------------------------------------ browser out
     async def _broadcast(self) -> None:
@@ -193,9 +185,8 @@ class Dashboard:
         return web.Response(text=self.snapshot_text(), content_type="application/json")
 
     async def _lifecycle(self, app: web.Application) -> Any:
-        socks = self._subscribe()
-        self._tasks = [asyncio.create_task(self._receive(i, s)) for i, s in enumerate(socks)]
-        self._tasks.append(asyncio.create_task(self._broadcast()))
+        sub = TelemetrySubscriber(self.cfg, aio=True)
+        self._tasks = [asyncio.create_task(self._receive(sub)), asyncio.create_task(self._broadcast())]
         log.info("dashboard_started", peers=self.cfg.peers)
         yield
         for task in self._tasks:
@@ -204,14 +195,11 @@ class Dashboard:
         for client in list(self.clients):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.ws.close(code=WSCloseCode.GOING_AWAY), 1.0)
-        for sock in socks:
-            sock.close(0)
-        if self._ctx is not None:
-            self._ctx.term()
+        sub.close()
 
     def app(self) -> web.Application:
         if not (WEB_DIR / "index.html").is_file():
-            raise ConfigError(f"dashboard: page not found at {WEB_DIR} (run from a source checkout)")
+            raise ConfigError(f"dashboard: page not found at {WEB_DIR} (a broken install: reinstall gossip)")
         app = web.Application(middlewares=[self._guard])
         app.router.add_get("/", self._index)
         app.router.add_get("/ws", self._websocket)
@@ -238,7 +226,8 @@ async def serve(
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
         await runner.cleanup()
-        raise ConfigError(f"dashboard.port: cannot listen on {host}:{port} ({exc.strerror})") from None
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's strerror repeats the address
+        raise ConfigError(f"dashboard.port: cannot listen on {host}:{port} ({reason})") from None
     bound = runner.addresses[0][1]
     url = f"http://{f'[{host}]' if ':' in host else host}:{bound}/"
     log.info("dashboard_listening", url=url)
@@ -261,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", help="append JSON log lines to this file")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
-    try:
+
+    def go() -> int:
         cfg = load(args.config, args.overrides)
         configure(args.log)
         host = cfg.dashboard.host if args.host is None else args.host
@@ -277,10 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                         ready=lambda url: print(f"dashboard: {url}", file=sys.stderr, flush=True))  # fmt: skip
 
         asyncio.run(run())
-    except GossipError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return guarded(go)
 
 
 if __name__ == "__main__":

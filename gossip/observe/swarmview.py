@@ -15,6 +15,10 @@ Tuning guide:
   :data:`RATE_WINDOW_S` of the sender's clock (at least :data:`MIN_RATE_WINDOW_S`).
   Updates leave in bursts (one per sync trigger); a 2 s window shows the sustained
   rate instead of on/off spikes, at the cost of reacting ~1 s later to a change.
+* One source for every rate: once per :data:`SAMPLE_S` :meth:`SwarmView.tick` takes a sample of
+  every link's rate; the links' ``bps_ab``/``bps_ba``, ``swarm.bps`` (their sum, at ``swarm.sample_ts``)
+  and the chart's history point all come from that sample, so the page's header, edge labels and
+  chart, and ``/api/snapshot``, show the same figure. (Before the first sample: the live rates.)
 * History: one swarm bandwidth sample per :data:`SAMPLE_S`, at most
   :data:`HISTORY_POINTS` kept (1 h); accuracy points whenever a peer's
   ``test_accuracy`` changes.
@@ -147,6 +151,7 @@ class SwarmView:
         self.rejected_messages = 0
         self._pending_acc: list[list[float]] = []
         self._last_sample = 0.0
+        self._rates: dict[tuple[int, int], float] | None = None  # (sender, receiver) -> bits/s, last sample
         self._sent: dict[str, Any] = {}
 
     # ------------------------------------------------------------ input
@@ -203,15 +208,25 @@ class SwarmView:
             live_a, live_b = states[a] not in ("down", "done"), states[b] not in ("down", "done")
             links.append({
                 "a": a, "b": b, "down": down,
-                "bps_ab": round(pa.rates.get(b, 0.0)) if live_a else 0,
-                "bps_ba": round(pb.rates.get(a, 0.0)) if live_b else 0,
+                "bps_ab": round(self._rate(a, b)) if live_a else 0,
+                "bps_ba": round(self._rate(b, a)) if live_b else 0,
             })  # fmt: skip
         return links
+
+    def _rate(self, sender: int, receiver: int) -> float:
+        if self._rates is None:
+            return self.peers[sender].rates.get(receiver, 0.0)
+        return self._rates.get((sender, receiver), 0.0)
+
+    def _take_sample(self, ts: float) -> None:
+        self._last_sample = ts
+        self._rates = {(p.peer_id, n): r for p in self.peers for n, r in p.rates.items()}
 
     def _swarm(self, states: list[str], links: list[dict[str, Any]]) -> dict[str, Any]:
         directed = [link[k] for link in links for k in ("bps_ab", "bps_ba")]
         return {
-            "bps": sum(directed),
+            "bps": sum(directed),  # the one swarm rate: header, chart point and edges' sum
+            "sample_ts": round(self._last_sample, 3) if self._rates is not None else None,
             "max_link_bps": max(directed, default=0),
             "cap_bps": self.cap_bps,
             "counts": {s: states.count(s) for s in sorted(set(states))},
@@ -284,13 +299,15 @@ class SwarmView:
                 peers[str(p.peer_id)] = p.public(state)
         if peers:
             delta["peers"] = peers
+        sampled = delta["ts"] - self._last_sample >= SAMPLE_S
+        if sampled:
+            self._take_sample(delta["ts"])
         links = self._links(states)
         swarm = self._swarm(states, links)
         for key, value in (("links", links), ("swarm", swarm), ("summary", self.summary(states))):
             if self._sent.get(key, _BAD) != value:
                 delta[key] = self._sent[key] = value
-        if delta["ts"] - self._last_sample >= SAMPLE_S:
-            self._last_sample = delta["ts"]
+        if sampled:
             point = [round(delta["ts"], 3), swarm["bps"], swarm["max_link_bps"]]
             self.bandwidth.append(point)
             delta["bandwidth"] = [point]

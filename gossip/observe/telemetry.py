@@ -16,6 +16,10 @@ Snapshot fields (the runtime fills them, :class:`TelemetryPublisher` stamps
 ``type``, ``peer_id``, ``ts`` and the resource fields) are listed with their
 kinds in :data:`SNAPSHOT_FIELDS`; the dashboard keeps only those and drops
 values of the wrong kind.
+
+Observers (the dashboard, the launcher's progress lines, the experiment's recorder)
+all read through one :class:`TelemetrySubscriber`: one SUB socket per peer, so a
+snapshot is known to come from the endpoint of the peer it is filed under.
 """
 
 from __future__ import annotations
@@ -26,18 +30,21 @@ import math
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import psutil
 import zmq
+import zmq.asyncio
 
 from gossip.config import Config
-from gossip.errors import PeerError
 from gossip.observe.log import get_logger
 
 log = get_logger(__name__)
 
 SEND_QUEUE_MESSAGES = 4  # per subscriber; older snapshots are worthless once a newer one exists
+RECEIVE_QUEUE_MESSAGES = 16  # per peer on the observer's side: a slow observer keeps only recent ones
+MAX_TELEMETRY_BYTES = 1 << 20  # a bigger "snapshot" is hostile; ZeroMQ drops the connection
 STATES = ("starting", "training", "syncing", "finishing", "done")
 
 # field -> kind. Kinds: "int", "float" (null allowed), "str", "ids" (list of peer ids),
@@ -144,8 +151,9 @@ class TelemetryPublisher:
 
     ``publish`` costs one ``json.dumps`` plus a few psutil/NVML reads (about 0.1-0.2 ms
     on a busy 2-core host, i.e. < 0.05 % of a core at 2 snapshots/s); call it every
-    ``cfg.dashboard.interval_s`` and on state changes. Bind failures (port taken) raise
-    :class:`PeerError`.
+    ``cfg.dashboard.interval_s`` and on state changes. Telemetry is optional, so a port that
+    cannot be bound (taken by another program) costs only the dashboard's view of this peer: it is
+    logged once as ``telemetry_unavailable`` (warning) and ``publish`` does nothing.
     """
 
     def __init__(self, cfg: Config, peer_id: int) -> None:
@@ -160,15 +168,16 @@ class TelemetryPublisher:
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, SEND_QUEUE_MESSAGES)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._closed = False
+        self.bound = True
         try:
             self._sock.bind(self.endpoint)
         except zmq.ZMQError as exc:
+            self._closed, self.bound = True, False
             self._sock.close(0)
-            self._ctx.term()
-            raise PeerError(
-                f"telemetry: cannot bind {self.endpoint} ({exc.strerror}); set dashboard.telemetry_port"
-            ) from None
-        self._closed = False
+            log.warning("telemetry_unavailable", endpoint=self.endpoint, error=exc.strerror,
+                        hint="the peer trains on without telemetry; set dashboard.telemetry_port")
+            return
         log.info("telemetry_bound", endpoint=self.endpoint)
 
     def resources(self) -> dict[str, float | None]:
@@ -202,15 +211,99 @@ class TelemetryPublisher:
     def close(self, flush_s: float = 0.25) -> None:
         """Close the socket, giving queued snapshots at most ``flush_s`` to leave. Idempotent."""
         with self._lock:
-            if self._closed:
+            if self._ctx.closed:
                 return
             self._closed = True
-            self._sock.setsockopt(zmq.LINGER, max(0, int(flush_s * 1000)))
-            self._sock.close()
+            if not self._sock.closed:
+                self._sock.setsockopt(zmq.LINGER, max(0, int(flush_s * 1000)))
+                self._sock.close()
             self._ctx.term()
             self._gpu.close()
 
     def __enter__(self) -> TelemetryPublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Received(NamedTuple):
+    """One telemetry message: the peer whose endpoint sent it, the decoded JSON (None if not JSON), its size."""
+
+    peer_id: int
+    message: Any
+    size: int
+
+
+def decode(data: bytes) -> Any:
+    """The JSON value in ``data``, or None when it is not JSON (or nested deep enough to hurt)."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+class TelemetrySubscriber:
+    """SUB-connects to every peer's telemetry endpoint; peers may come and go (ZeroMQ reconnects).
+
+    ``poll(timeout_ms)`` (blocking sockets) returns what arrived, waiting at most ``timeout_ms``
+    for the first message; with ``aio=True`` (asyncio sockets) use ``await receive()`` instead. ``secure(sock,
+    peer_id)``, if given, is called on each peer's socket before it connects (e.g. to set CURVE
+    keys: each peer has its own socket, hence its own server key). Use it as a context manager
+    or call ``close``.
+    """
+
+    def __init__(self, cfg: Config, *, aio: bool = False,
+                 secure: Callable[[zmq.Socket[Any], int], None] | None = None) -> None:
+        self.ctx: zmq.Context[Any] = zmq.asyncio.Context() if aio else zmq.Context()
+        self.sockets: list[zmq.Socket[Any]] = []
+        for peer_id in range(cfg.peers):
+            sock = self.ctx.socket(zmq.SUB)
+            for opt, value in ((zmq.LINGER, 0), (zmq.RCVHWM, RECEIVE_QUEUE_MESSAGES),
+                               (zmq.MAXMSGSIZE, MAX_TELEMETRY_BYTES),
+                               (zmq.RECONNECT_IVL, 200), (zmq.RECONNECT_IVL_MAX, 2000)):  # fmt: skip
+                sock.setsockopt(opt, value)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            if secure is not None:
+                secure(sock, peer_id)
+            sock.connect(telemetry_endpoint(cfg, peer_id))
+            self.sockets.append(sock)
+        self._peer_of = {sock: peer_id for peer_id, sock in enumerate(self.sockets)}
+        # Any: pyzmq's stubs type zmq.asyncio.Poller.poll as returning a list, not an awaitable
+        self._poller: Any = zmq.asyncio.Poller() if aio else zmq.Poller()
+        for sock in self.sockets:
+            self._poller.register(sock, zmq.POLLIN)
+
+    def poll(self, timeout_ms: int) -> list[Received]:
+        """Everything queued now, after waiting at most ``timeout_ms`` for anything (blocking sockets)."""
+        out: list[Received] = []
+        for sock, _ in self._poller.poll(timeout_ms):
+            while True:
+                try:
+                    data = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                out.append(Received(self._peer_of[sock], decode(data), len(data)))
+        return out
+
+    async def receive(self) -> list[Received]:
+        """Wait for the next messages, one per peer that has any (``aio=True``)."""
+        out: list[Received] = []
+        for sock, _ in await self._poller.poll():
+            data = await sock.recv()
+            out.append(Received(self._peer_of[sock], decode(data), len(data)))
+        return out
+
+    def close(self) -> None:
+        """Close every socket and the context; idempotent."""
+        if self.ctx.closed:
+            return
+        for sock in self.sockets:
+            sock.close(0)
+        self.sockets = []
+        self.ctx.term()
+
+    def __enter__(self) -> TelemetrySubscriber:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,7 +10,9 @@ After editing the .proto::
     python -m gossip.proto --check         # exit 1 if the committed code is stale
 
 ``tests/test_proto.py`` runs the check. This module imports nothing from the rest
-of the package, so it works even while the committed code is stale.
+of the package, so it works even while the committed code is stale. It is a dev tool:
+it reads and writes the source checkout (an installed wheel carries a copy of the spec,
+``gossip/_proto/gossip.proto``, but nothing to regenerate into).
 """
 
 from __future__ import annotations
@@ -34,6 +36,18 @@ class GeneratorMissing(RuntimeError):
     """grpcio-tools or mypy-protobuf is not installed."""
 
 
+class SourceTreeMissing(RuntimeError):
+    """Run from an installed gossip: there is no checkout with ``proto/`` to generate from."""
+
+
+def _require_source_tree() -> None:
+    if not PROTO.is_file():
+        raise SourceTreeMissing(
+            f"{PROTO} not found: gossip is installed at {ROOT / 'gossip'}, not run from a source checkout; "
+            "run this from a clone of the repository (pip install -e '.[dev]')"
+        )
+
+
 def generate(out_dir: Path, proto: Path = PROTO) -> list[Path]:
     """Run protoc (python + mypy stubs) on ``proto`` into ``out_dir``; returns the written files."""
     if importlib.util.find_spec("grpc_tools") is None:
@@ -52,6 +66,7 @@ def generate(out_dir: Path, proto: Path = PROTO) -> list[Path]:
 
 def stale_files() -> list[str]:
     """Committed generated files that differ from a fresh generation (empty: up to date)."""
+    _require_source_tree()
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
         return [p.name for p in fresh
@@ -66,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.regenerate:
+            _require_source_tree()
             for path in generate(GENERATED):
                 print(f"wrote {path.relative_to(ROOT)}")
             return 0

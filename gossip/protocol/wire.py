@@ -31,6 +31,7 @@ __all__ = [
     "MAX_RESEND_SEQS", "PROTOCOL_VERSION", "REASONS", "DecodedUpdate", "Done", "Heartbeat", "Hello", "Limits",
     "Message", "ResendRequest", "StateChunk", "StateRequest", "pack_done", "pack_heartbeat", "pack_hello",
     "pack_resend_request", "pack_state_chunks", "pack_state_request", "pack_update", "relay", "unpack",
+    "unpack_envelope",
 ]
 
 MAX_CONFIG_HASH_CHARS = 64
@@ -188,9 +189,13 @@ def pack_state_chunks(flat: torch.Tensor, *, node_id: int, seq: int, step: int, 
     return out
 
 
-def relay(data: bytes, *, from_id: int) -> bytes:
-    """Re-address a (validated) message for forwarding: ``from_id`` = us, ``hops`` + 1."""
-    env = pb.Envelope.FromString(data)
+def relay(message: bytes | pb.Envelope, *, from_id: int) -> bytes:
+    """Re-address a (validated) message for forwarding: ``from_id`` = us, ``hops`` + 1.
+
+    Pass the Envelope :func:`unpack_envelope` returned to skip a second parse; it is
+    re-addressed in place (the receiver is done with it).
+    """
+    env = pb.Envelope.FromString(message) if isinstance(message, bytes) else message
     env.from_id = from_id
     env.hops += 1
     return env.SerializeToString()
@@ -291,6 +296,11 @@ def _body(env: pb.Envelope, limits: Limits, size: int) -> Message:
 
 def unpack(data: bytes, limits: Limits) -> Message:
     """Validate and decode one frame from a neighbour; raises only ``ProtocolError``."""
+    return unpack_envelope(data, limits)[0]
+
+
+def unpack_envelope(data: bytes, limits: Limits) -> tuple[Message, pb.Envelope]:
+    """:func:`unpack`, also returning the parsed Envelope (for :func:`relay`, without a second parse)."""
     try:
         try:
             size = len(data)
@@ -305,7 +315,7 @@ def unpack(data: bytes, limits: Limits) -> Message:
         if env.version != PROTOCOL_VERSION:
             reject("bad_version", f"version {env.version}, ours {PROTOCOL_VERSION}")
         _node(env.from_id, limits, "from_id")
-        return _body(env, limits, size)
+        return _body(env, limits, size), env
     except ProtocolError:
         raise
     except Exception as exc:  # a decoder bug must not take the peer down: count it like a bad message

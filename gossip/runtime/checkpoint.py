@@ -8,13 +8,10 @@ training order; the newest ``checkpoint.keep`` files are kept.
 When: at the end of every ``checkpoint.every_epochs``-th epoch (0: never) and on a graceful
 stop (SIGINT/SIGTERM), both written by the training thread between two batches.
 
-What (:func:`capture`): the model's flat parameters, the optimizer's velocity, the LR
-schedule position, the RNG states (torch; the encoder's numpy generator), the data position,
-the error-feedback residual, the trigger's state, the encoder's state, this peer's own next
-sequence number, which ``(node_id, seq)`` updates are folded into these weights (so nothing is
-applied twice after a resume), the aggregation policy's state, and the progress counters.
-Updates received but not yet folded in are not in it; a resumed peer gives up waiting for
-them after ``timeouts.silence_s`` (see :mod:`gossip.runtime.node`).
+What: the state dict the caller hands in (:meth:`gossip.runtime.worker.Worker.state_dict`:
+each component's own ``state_dict()`` — trainer, error feedback, encoder, trigger, ledger,
+aggregation policy, attack, progress — plus the data position and the next sequence number).
+This module knows nothing about what is inside: it only writes, verifies, lists and finds files.
 
 How: ``MAGIC + sha256(payload) + payload`` where the payload is ``torch.save`` of plain
 tensors and Python values, written to a temporary file, fsynced, renamed over the final
@@ -39,17 +36,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from gossip.config import CheckpointConfig
 from gossip.errors import CheckpointError
 from gossip.observe.log import get_logger
-
-if TYPE_CHECKING:
-    from gossip.runtime.ledger import Ledger
-    from gossip.runtime.worker import Worker
 
 log = get_logger(__name__)
 
@@ -99,8 +92,9 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def encode(state: dict[str, Any]) -> bytes:
+    """``MAGIC + sha256(payload) + payload`` of ``state`` (stamped with this ``FORMAT``)."""
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save({**state, "format": FORMAT}, buf)
     payload = buf.getvalue()
     return MAGIC + hashlib.sha256(payload).digest() + payload
 
@@ -181,22 +175,7 @@ def write_lease(directory: Path, next_free: int) -> None:
     write_atomic(directory / "seq.lease", json.dumps({"next_free": next_free}).encode())
 
 
-# ---------------------------------------------------------------- ledger snapshots
-
-
-def ledger_state(ledger: Ledger) -> dict[int, list[int]]:
-    """``{origin: [floor, *seen seqs above it]}``: which updates of each origin are accounted for."""
-    return {p: [v.floor, *sorted(v.above)] for p, v in ledger.views.items()}
-
-
-def load_ledger(ledger: Ledger, state: dict[int, list[int]]) -> None:
-    for origin, (floor, *above) in state.items():
-        if ledger.known(int(origin)):
-            view = ledger.views[int(origin)]
-            view.floor, view.above = int(floor), {int(s) for s in above}
-
-
-# ---------------------------------------------------------------- a worker's state
+# ---------------------------------------------------------------- one peer's checkpoints
 
 
 class Checkpointer:
@@ -212,10 +191,11 @@ class Checkpointer:
         every = self.cfg.every_epochs
         return every > 0 and epochs_done % every == 0
 
-    def save(self, worker: Worker, epoch: int, step: int, reason: str) -> Path:
-        path = save(self.directory, epoch, step, capture(worker, epoch, step), self.cfg.keep)
+    def save(self, state: dict[str, Any], epoch: int, step: int, reason: str) -> Path:
+        """Write ``state`` as the checkpoint at data position (epoch, step)."""
+        path = save(self.directory, epoch, step, state, self.cfg.keep)
         log.info("checkpoint_saved", path=str(path), epoch=epoch, step=step, reason=reason,
-                 bytes=path.stat().st_size, seq=worker.seq)
+                 bytes=path.stat().st_size, seq=state.get("seq"))
         return path
 
     def reserve(self, seq: int) -> None:
@@ -226,62 +206,3 @@ class Checkpointer:
 
     def latest(self) -> tuple[Path, dict[str, Any]] | None:
         return latest(self.directory)
-
-
-def capture(worker: Worker, epoch: int, step: int) -> dict[str, Any]:
-    """Everything :func:`restore` needs to continue ``worker`` at data position (epoch, step)."""
-    p = worker.progress
-    policy = worker.policy
-    return {
-        "format": FORMAT,
-        "peer_id": worker.peer_id,
-        "schema_hash": worker.layout.schema_hash,
-        "position": {"epoch": epoch, "step": step, "global_step": p.global_step},
-        "trainer": worker.trainer.state_dict(),
-        "feedback": worker.feedback.state_dict(),
-        "encoder": worker.encoder.state_dict(),
-        "trigger": worker.trigger.state_dict(),
-        "seq": worker.seq,
-        "adopted": list(worker.adopted),
-        "applied": ledger_state(worker.applied),
-        "policy": policy.state_dict() if hasattr(policy, "state_dict") else {},
-        "attack": worker.attack.state_dict() if worker.attack is not None else {},
-        "progress": {
-            "updates_originated": p.updates_originated, "updates_applied": p.updates_applied,
-            "updates_rejected_by_policy": p.updates_rejected_by_policy,
-            "applied_by_origin": dict(p.applied_by_origin), "history": list(p.history),
-            "test_accuracy": p.test_accuracy,
-        },
-    }
-
-
-def restore(worker: Worker, state: dict[str, Any]) -> tuple[int, int]:
-    """Load ``state`` into ``worker``; returns the data position (epoch, step) to continue at."""
-    if state.get("peer_id") != worker.peer_id:
-        raise CheckpointError(f"checkpoint of peer {state.get('peer_id')}, not of peer {worker.peer_id}")
-    if state.get("schema_hash") != worker.layout.schema_hash:
-        raise CheckpointError("checkpoint of a different model (schema hash differs): same model.name needed")
-    try:
-        worker.trainer.load_state_dict(state["trainer"])
-        worker.feedback.load_state_dict(state["feedback"])
-        worker.encoder.load_state_dict(state["encoder"])
-        worker.trigger.load_state_dict(state["trigger"])
-        worker.seq = int(state["seq"])
-        worker.adopt_shards(tuple(int(p) for p in state.get("adopted", [])))
-        load_ledger(worker.applied, state["applied"])
-        if state.get("policy") and hasattr(worker.policy, "load_state_dict"):
-            worker.policy.load_state_dict(state["policy"])
-        if state.get("attack") and worker.attack is not None:
-            worker.attack.load_state_dict(state["attack"])
-        pos, prog, p = state["position"], state["progress"], worker.progress
-        p.global_step = int(pos["global_step"])
-        p.epoch, p.step = int(pos["epoch"]), int(pos["step"])
-        p.updates_originated = int(prog["updates_originated"])
-        p.updates_applied = int(prog["updates_applied"])
-        p.updates_rejected_by_policy = int(prog["updates_rejected_by_policy"])
-        p.applied_by_origin = {int(k): int(v) for k, v in prog["applied_by_origin"].items()}
-        p.history = list(prog["history"])
-        p.test_accuracy = prog["test_accuracy"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint: missing or malformed field ({type(exc).__name__}: {exc})") from None
-    return int(pos["epoch"]), int(pos["step"])

@@ -48,6 +48,18 @@ class Ledger:
     def known(self, origin: int) -> bool:
         return origin in self.views
 
+    def state_dict(self) -> dict[int, list[int]]:
+        """``{origin: [floor, *seen seqs above it]}``: which updates of each origin are accounted for."""
+        return {p: [v.floor, *sorted(v.above)] for p, v in self.views.items()}
+
+    def load_state_dict(self, state: dict[int, list[int]]) -> None:
+        """Take over which seqs are accounted for (liveness is not state: it restarts); origins
+        this ledger does not know are ignored."""
+        for origin, (floor, *above) in state.items():
+            if self.known(int(origin)):
+                view = self.views[int(origin)]
+                view.floor, view.above = int(floor), {int(s) for s in above}
+
     def in_window(self, origin: int, seq: int) -> bool:
         view = self.views[origin]
         return seq < view.floor + SEQ_WINDOW

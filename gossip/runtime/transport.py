@@ -1,27 +1,44 @@
-"""ZeroMQ links between neighbours, each behind a token-bucket bandwidth shaper.
+"""ZeroMQ links between neighbours, each behind a byte-pacing shaper; every byte accounted for.
 
 Sockets (all owned by the asyncio loop, ``zmq.asyncio``):
 
 * one ROUTER **inbox** per peer, bound at :func:`gossip.runtime.topology.inbox_address`; the
   routing identity of each frame says which neighbour sent it (``b"p<id>"``);
 * one DEALER per neighbour, connected to that neighbour's inbox, fed by its own queue
-  and task so a slow or dead neighbour never delays the others.
+  and task so a slow or dead neighbour never delays the others; a monitor says whether its
+  connection is up.
 
 Socket options, on purpose: ``MAXMSGSIZE`` (the inbox drops any peer that sends a frame
-over ``security.max_message_bytes``, before we parse a byte), ``SNDHWM``/``RCVHWM``
-(bounded memory when a neighbour stalls: past ``SEND_QUEUE`` queued messages new ones are
-dropped and counted), ``LINGER`` (a graceful stop gets ``LINGER_S`` to flush), and
+over ``security.max_message_bytes``, before we parse a byte), ``SNDHWM`` (:data:`SOCKET_HWM`
+messages or fragments: ZeroMQ holds little, so ``bytes_sent`` is close to what left the
+process), ``RCVHWM``, ``LINGER`` (a graceful stop gets ``LINGER_S`` to flush), and
 ``ROUTER_HANDOVER`` (a restarted peer takes over its identity).
 
-Shaping: each link is a :class:`TokenBucket` at ``link.bandwidth`` plus a fixed
-``link.latency_ms``. Bytes are counted when handed to ZeroMQ, per neighbour and per epoch.
-``link.drop/duplicate/reorder`` inject faults on the sending side, for tests.
+Shaping (:mod:`gossip.runtime.shaper`): a message longer than the link's burst is cut into
+fragments (:mod:`gossip.runtime.fragment`), each waits for its wire bytes' tokens, then for
+``link.latency_ms`` in a per-link delay line, then is *awaited* into its socket: nothing is
+sent fire-and-forget. The receiving side reassembles, so :meth:`Transport.recv` returns whole
+messages. ``link.drop/duplicate/reorder`` inject faults on the sending side (for tests),
+through :class:`gossip.sim.faults.FaultyLink`, which reports every drop to the counters.
+
+Counters, per link (:class:`Link`, :meth:`Transport.link_stats`) and in total (properties):
+``bytes_queued`` = message bytes accepted by :meth:`Transport.send`; ``bytes_sent`` = message
+bytes ZeroMQ took from us while the connection was up or that it delivered once it came up
+(a message bytes of frames; fragment headers not included); ``wire_bytes_sent`` = the
+shaper's wire estimate of ``bytes_sent`` (ZMTP framing and TCP/IP headers, fragment headers
+included); ``bytes_unsent`` = accepted but still with us (or with ZeroMQ for a neighbour that
+was down) at close; ``dropped`` = messages refused or lost, by cause: ``dropped_queue_full``
+(:data:`SEND_QUEUE` messages already waiting for a stalled neighbour), ``dropped_fault``
+(``link.drop``); ``to_departed`` = messages queued while the neighbour's connection was down
+after it had been up (they go if it comes back, else end in ``unsent``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
+import struct
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -31,17 +48,24 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from gossip.config import Config, parse_bandwidth
+from gossip.config import Config
 from gossip.errors import PeerError
 from gossip.observe.log import get_logger
-from gossip.runtime import curve, topology
+from gossip.runtime import curve, fragment, topology
+from gossip.runtime.shaper import Shaper, TokenBucket
+from gossip.sim import faults
+
+__all__ = ["SEND_QUEUE", "SOCKET_HWM", "Link", "TokenBucket", "Transport", "identity", "parse_identity"]
 
 log = get_logger(__name__)
 
 SEND_QUEUE = 256  # messages waiting per link before new ones are dropped
-SOCKET_HWM = 64  # messages ZeroMQ buffers per link
+SOCKET_HWM = 8  # messages (or fragments) ZeroMQ holds per link: what bytes_sent may run ahead
+DELAY_LINE = 1024  # pieces waiting out link.latency_ms per link (the bucket wait bounds it first)
 LINGER_S = 1.0
-BURST_S = 0.002  # a link may send this many seconds' worth of bytes back to back
+_UP = zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+_EVENTS = _UP | zmq.EVENT_DISCONNECTED
+Piece = tuple[list[Any], int, bool]  # (frames, message bytes in it, last piece of its message)
 
 
 def identity(peer_id: int) -> bytes:
@@ -54,35 +78,45 @@ def parse_identity(raw: bytes) -> int | None:
     return None
 
 
-class TokenBucket:
-    """Serialises a link at ``bits_per_s``: :meth:`reserve` says how long to wait first."""
-
-    def __init__(self, bits_per_s: float, clock=time.monotonic) -> None:
-        self.bytes_per_s = bits_per_s / 8
-        self.clock = clock
-        self._free_at = 0.0
-
-    def reserve(self, nbytes: int) -> float:
-        if self.bytes_per_s == float("inf"):
-            return 0.0
-        now = self.clock()
-        start = max(self._free_at, now - BURST_S)
-        self._free_at = start + nbytes / self.bytes_per_s
-        return max(0.0, self._free_at - now)
-
-
 @dataclass
 class Link:
     peer: int
     socket: zmq.asyncio.Socket
     bucket: TokenBucket
     queue: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(SEND_QUEUE))
+    delayed: asyncio.Queue[tuple[float, Piece]] = field(default_factory=lambda: asyncio.Queue(DELAY_LINE))
+    bytes_queued: int = 0
     bytes_sent: int = 0
+    wire_bytes_sent: float = 0.0
     bytes_received: int = 0
+    messages_queued: int = 0
     messages_sent: int = 0
     messages_received: int = 0
-    dropped: int = 0
-    held: bytes | None = None  # a message held back to be reordered
+    fragments_sent: int = 0
+    dropped_queue_full: int = 0
+    dropped_fault: int = 0
+    to_departed: int = 0
+    up: bool = False  # the connection to the neighbour is established (the socket's monitor)
+    was_up: bool = False
+    pending: int = 0  # message bytes accepted and not yet taken by ZeroMQ
+    pending_messages: int = 0
+    sent_while_down: int = 0  # taken by ZeroMQ while no connection was up: delivered only once it is
+    unsent_bytes: int = 0  # set at close
+    unsent_messages: int = 0
+    next_fragmented: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_queue_full + self.dropped_fault
+
+    def stats(self) -> dict[str, int]:
+        return {"bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received, "dropped": self.dropped,
+                "bytes_queued": self.bytes_queued, "wire_bytes_sent": round(self.wire_bytes_sent),
+                "bytes_unsent": self.unsent_bytes, "messages_queued": self.messages_queued,
+                "messages_sent": self.messages_sent, "messages_received": self.messages_received,
+                "messages_unsent": self.unsent_messages, "fragments_sent": self.fragments_sent,
+                "dropped_queue_full": self.dropped_queue_full, "dropped_fault": self.dropped_fault,
+                "to_departed": self.to_departed}
 
 
 class Transport:
@@ -96,9 +130,12 @@ class Transport:
         self.bytes_sent_by_epoch: dict[int, int] = defaultdict(int)
         self.bytes_received_by_epoch: dict[int, int] = defaultdict(int)
         self.bytes_received_unknown = 0
+        self.shaper = Shaper.from_config(cfg.link)
         self._latency_s = cfg.link.latency_ms / 1000
-        self._rng = random.Random(cfg.seed * 7919 + peer_id)
+        self._rng = random.Random(cfg.seed * 7919 + peer_id)  # link faults (gossip.sim.faults), all links
+        self.reassembly = fragment.Reassembler(cfg.security.max_message_bytes, cfg.link.reassembly_timeout_s)
         self._tasks: list[asyncio.Task[None]] = []
+        self._monitors: list[zmq.asyncio.Socket] = []
         self.inbox: zmq.asyncio.Socket | None = None
         self._keys: curve.Keys | None = None  # security.curve: this peer's keys (gossip.runtime.curve)
         self._auth: Any = None  # and the ZAP handler that checks every client's key
@@ -130,22 +167,32 @@ class Transport:
         self.inbox = inbox
         self._monitor = inbox.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._tasks.append(asyncio.create_task(self._watch_inbox(self._monitor), name="inbox-monitor"))
-        bits = parse_bandwidth(self.cfg.link.bandwidth)
         for nbr in self.neighbours:
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.IDENTITY, identity(self.peer_id))
-            sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
-            sock.setsockopt(zmq.LINGER, int(LINGER_S * 1000))
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            if self._keys is not None:
-                curve.secure_link(sock, self._keys, nbr)
-            sock.connect(topology.inbox_address(self.cfg, nbr))
-            link = Link(nbr, sock, TokenBucket(bits))
-            self.links[nbr] = link
-            self._tasks.append(asyncio.create_task(self._pump(link), name=f"link-{nbr}"))
+            self._open_link(nbr)
         log.info("transport_started", address=address, neighbours=self.neighbours,
-                 bandwidth_bps=bits, latency_ms=self.cfg.link.latency_ms)
+                 bandwidth_bps=self.shaper.bits_per_s, latency_ms=self.cfg.link.latency_ms,
+                 burst_bytes=self.shaper.burst_bytes, piece_bytes=self.shaper.piece_bytes)
+
+    def _open_link(self, nbr: int) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, identity(self.peer_id))
+        sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
+        sock.setsockopt(zmq.LINGER, int(LINGER_S * 1000))
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if self._keys is not None:
+            curve.secure_link(sock, self._keys, nbr)
+        monitor = sock.get_monitor_socket(_EVENTS)
+        self._monitors.append(monitor)
+        sock.connect(topology.inbox_address(self.cfg, nbr))
+        link = Link(nbr, sock, self.shaper.bucket())
+        self.links[nbr] = link
+        send = faults.wrap_send(functools.partial(self._deliver, link), self.cfg.link, self._rng,
+                                functools.partial(self._on_fault, link))
+        self._tasks.append(asyncio.create_task(self._pump(link, send), name=f"link-{nbr}"))
+        self._tasks.append(asyncio.create_task(self._watch_link(link, monitor), name=f"link-{nbr}-monitor"))
+        if self._latency_s > 0:
+            self._tasks.append(asyncio.create_task(self._delay_line(link), name=f"link-{nbr}-delay"))
 
     # ------------------------------------------------------------ sending
     def send(self, nbr: int, data: bytes) -> bool:
@@ -153,53 +200,90 @@ class Transport:
         link = self.links[nbr]
         try:
             link.queue.put_nowait(data)
-            return True
         except asyncio.QueueFull:
-            link.dropped += 1
+            link.dropped_queue_full += 1
             return False
+        link.bytes_queued += len(data)
+        link.messages_queued += 1
+        link.pending += len(data)
+        link.pending_messages += 1
+        if link.was_up and not link.up:
+            link.to_departed += 1
+        return True
 
     def broadcast(self, data: bytes, exclude: tuple[int, ...] = ()) -> int:
         return sum(self.send(nbr, data) for nbr in self.links if nbr not in exclude)
 
-    async def _pump(self, link: Link) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            data = await link.queue.get()
-            for out in self._faults(link, data):
-                delay = link.bucket.reserve(len(out))
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if self._latency_s > 0:
-                    loop.call_later(self._latency_s, self._send_later, link, out)
-                else:
-                    await link.socket.send(out, copy=False)
-                link.bytes_sent += len(out)
-                link.messages_sent += 1
-                self.bytes_sent_by_epoch[self.epoch] += len(out)
-
     @staticmethod
-    def _send_later(link: Link, data: bytes) -> None:
-        try:
-            link.socket.send(data, flags=zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError:  # full or closed: counted as a drop, like a lost packet
-            link.dropped += 1
+    def _on_fault(link: Link, what: str, data: bytes) -> None:
+        sign = -1 if what == "drop" else 1  # a duplicate is one more message to send
+        link.pending += sign * len(data)
+        link.pending_messages += sign
+        if what == "drop":
+            link.dropped_fault += 1
 
-    def _faults(self, link: Link, data: bytes) -> list[bytes]:
-        """Fault injection for tests: drop, duplicate or hold back (reorder) a message."""
-        lk = self.cfg.link
-        if not (lk.drop or lk.duplicate or lk.reorder):
-            return [data]
-        r = self._rng.random()
-        if r < lk.drop:
-            return []
-        out = [data, data] if r < lk.drop + lk.duplicate else [data]
-        if link.held is None and self._rng.random() < lk.reorder:
-            link.held = out.pop()
-            return out
-        if link.held is not None:
-            out.append(link.held)
-            link.held = None
-        return out
+    async def _pump(self, link: Link, send: faults.Send) -> None:
+        while True:
+            await send(await link.queue.get())
+
+    async def _deliver(self, link: Link, data: bytes) -> None:
+        """One message through the shaper: its pieces, each after its tokens (and the latency)."""
+        if self.shaper.fragments(len(data)) == 1:
+            pieces: Any = [([data], len(data), True)]
+        else:
+            mid, link.next_fragmented = link.next_fragmented, link.next_fragmented + 1
+            parts = list(fragment.split(data, self.shaper.piece_bytes, mid))
+            pieces = [([h, v], len(v), i == len(parts) - 1) for i, (h, v) in enumerate(parts)]
+        for piece in pieces:
+            frames = piece[0]
+            wire = self.shaper.wire_bytes(*(len(f) for f in frames))
+            delay = link.bucket.reserve(wire)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._latency_s > 0:
+                await link.delayed.put((time.monotonic() + self._latency_s, piece))
+            else:
+                await self._put(link, piece, wire)
+
+    async def _delay_line(self, link: Link) -> None:
+        """Hold every piece for ``link.latency_ms`` after its slot, in order, then await its send."""
+        while True:
+            due, piece = await link.delayed.get()
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await self._put(link, piece, self.shaper.wire_bytes(*(len(f) for f in piece[0])))
+
+    async def _put(self, link: Link, piece: Piece, wire: float) -> None:
+        frames, size, last = piece
+        if len(frames) == 1:
+            await link.socket.send(frames[0], copy=False)
+        else:
+            await link.socket.send_multipart(frames, copy=len(frames[1]) < 65536)
+            link.fragments_sent += 1
+        link.bytes_sent += size
+        link.wire_bytes_sent += wire
+        link.pending -= size
+        if not link.up:
+            link.sent_while_down += size
+        self.bytes_sent_by_epoch[self.epoch] += size
+        if last:
+            link.messages_sent += 1
+            link.pending_messages -= 1
+
+    async def _watch_link(self, link: Link, monitor: zmq.asyncio.Socket) -> None:
+        """Track whether the link's connection is up (ZeroMQ reconnects by itself)."""
+        while True:
+            frames = await monitor.recv_multipart()
+            event = struct.unpack("=H", frames[0][:2])[0]
+            if event & _UP:
+                if not link.up:
+                    log.debug("link_up", peer=link.peer)
+                link.up = link.was_up = True
+                link.sent_while_down = 0  # ZeroMQ hands its queue to the new connection
+            elif event & zmq.EVENT_DISCONNECTED:
+                link.up = False
+                log.debug("link_down", peer=link.peer)
 
     async def _watch_inbox(self, monitor: zmq.asyncio.Socket) -> None:
         """Count cut inbox connections (ZeroMQ drops an oversized frame's sender before we see a byte)."""
@@ -209,7 +293,22 @@ class Transport:
 
     # ------------------------------------------------------------ receiving
     async def recv(self) -> tuple[int | None, list[bytes]]:
-        """The next message: (neighbour id or None for an unknown sender, payload frames)."""
+        """The next whole message: (neighbour id or None for an unknown sender, payload frames)."""
+        while True:
+            sender, frames = await self._recv_frames()
+            if len(frames) != 2:
+                if sender is not None:
+                    self.reassembly.interrupt(sender)
+                return sender, frames
+            if sender is None or sender not in self.links:  # fragments only from configured neighbours
+                self.reassembly.reject("fragment_unknown_sender", sender, "not a configured neighbour")
+                continue
+            whole = self.reassembly.offer(sender, frames[0], frames[1])
+            if whole is not None:
+                self.links[sender].messages_received += 1
+                return sender, [whole]
+
+    async def _recv_frames(self) -> tuple[int | None, list[bytes]]:
         assert self.inbox is not None
         if self._keys is None:
             frames = await self.inbox.recv_multipart()
@@ -219,36 +318,63 @@ class Transport:
             claimed, signed = parse_identity(raw[0].bytes), curve.authenticated_sender(raw[-1])
             sender = claimed if claimed == signed else None
             frames = [f.bytes for f in raw]
-        size = sum(len(f) for f in frames[1:])
+        payload = frames[1:]
+        size = len(payload[-1]) if len(payload) == 2 else sum(len(f) for f in payload)  # not fragment headers
         link = self.links.get(sender) if sender is not None else None
         if link is not None:
             link.bytes_received += size
-            link.messages_received += 1
+            if len(payload) != 2:
+                link.messages_received += 1
         else:
             self.bytes_received_unknown += size
         self.bytes_received_by_epoch[self.epoch] += size
-        return sender, frames[1:]
+        return sender, payload
 
     # ------------------------------------------------------------ accounting
+    def _total(self, name: str) -> int:
+        return sum(getattr(link, name) for link in self.links.values())
+
     @property
     def bytes_sent(self) -> int:
-        return sum(link.bytes_sent for link in self.links.values())
+        return self._total("bytes_sent")
 
     @property
     def bytes_received(self) -> int:
-        return sum(link.bytes_received for link in self.links.values()) + self.bytes_received_unknown
+        return self._total("bytes_received") + self.bytes_received_unknown
+
+    @property
+    def bytes_queued(self) -> int:
+        return self._total("bytes_queued")
+
+    @property
+    def bytes_unsent(self) -> int:
+        return self._total("unsent_bytes")
+
+    @property
+    def wire_bytes_sent(self) -> int:
+        return round(sum(link.wire_bytes_sent for link in self.links.values()))
+
+    @property
+    def dropped(self) -> int:
+        return self._total("dropped")
 
     def link_stats(self) -> dict[str, dict[str, int]]:
-        return {
-            str(n): {"bytes_sent": link.bytes_sent, "bytes_received": link.bytes_received,
-                     "dropped": link.dropped}
-            for n, link in self.links.items()
-        }
+        return {str(n): link.stats() for n, link in self.links.items()}
+
+    def totals(self) -> dict[str, Any]:
+        """All links' counters summed, plus the receiving side's fragment rejections."""
+        out: dict[str, Any] = defaultdict(int)
+        for link in self.links.values():
+            for key, value in link.stats().items():
+                out[key] += value
+        out["bytes_received"] = self.bytes_received
+        out["fragments_rejected"] = dict(self.reassembly.rejected)
+        return dict(out)
 
     async def flush(self, timeout: float) -> None:
-        """Wait until every link queue is empty (or ``timeout``), before a graceful close."""
+        """Wait until every link has handed all it accepted to ZeroMQ (or ``timeout``), before a close."""
         deadline = time.monotonic() + timeout
-        while any(not link.queue.empty() for link in self.links.values()):
+        while any(link.pending_messages > 0 for link in self.links.values()):
             if time.monotonic() > deadline:
                 return
             await asyncio.sleep(0.01)
@@ -259,7 +385,13 @@ class Transport:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for link in self.links.values():
+            lost = 0 if link.up else link.sent_while_down  # ZeroMQ holds them for a connection that is gone
+            link.bytes_sent -= lost
+            link.unsent_bytes = link.pending + lost
+            link.unsent_messages = link.pending_messages
             link.socket.close()
+        for monitor in self._monitors:
+            monitor.close(0)
         if self.inbox is not None:
             self.inbox.disable_monitor()
             self._monitor.close(0)  # closed here: a task cancelled before it ran has no finally
@@ -267,4 +399,6 @@ class Transport:
         if self._auth is not None:
             self._auth.stop()
         self.ctx.term()
-        log.info("transport_closed", address=topology.inbox_address(self.cfg, self.peer_id))
+        unsent = self.bytes_unsent
+        log.info("transport_closed", address=topology.inbox_address(self.cfg, self.peer_id),
+                 bytes_sent=self.bytes_sent, bytes_unsent=unsent, dropped=self.dropped)

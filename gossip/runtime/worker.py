@@ -3,7 +3,7 @@
 Per batch, in this order:
 
 1. **fold in** every neighbour update the loop has decoded since the last batch
-   (``aggregate`` policy weights, then ``flat += w × delta``);
+   (:mod:`gossip.aggregation` policy: weights, then ``flat += w × delta``, or a robust fold);
 2. **train**: one local optimizer step on this peer's shard;
 3. **accumulate**: the step's parameter delta goes into the error-feedback residual. Under
    ``communication.consensus: local`` (default) the peer keeps its own step, so its model is
@@ -26,20 +26,30 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from gossip._proto import gossip_pb2 as pb
-from gossip.aggregation import basic as aggregate
+from gossip.aggregation import Local, apply, make_policy
 from gossip.config import Config
+from gossip.errors import CheckpointError
 from gossip.observe.log import get_logger
 from gossip.protocol import wire
-from gossip.protocol.codec import ErrorFeedback, Layout, make_encoder
-from gossip.runtime.bridge import Bridge
+from gossip.protocol.codec import ErrorFeedback, Layout, Sent, UpdateEncoder, make_encoder
+from gossip.runtime.bridge import (
+    FINISHED,
+    Bridge,
+    EpochStarted,
+    Outgoing,
+    StateAsked,
+    StateReply,
+    ToThread,
+    TrainingDone,
+)
 from gossip.runtime.checkpoint import Checkpointer
 from gossip.runtime.ledger import Ledger
+from gossip.runtime.progress import Progress
 from gossip.runtime.trigger import FINAL, Trigger
 from gossip.sim import attacks
 from gossip.training.data import Dataset, Split
@@ -48,28 +58,9 @@ from gossip.training.trainer import Trainer
 
 log = get_logger(__name__)
 
-FINISHED = "finished"  # loop -> thread: everything from every live peer has arrived
+__all__ = ["FINISHED", "Progress", "Worker"]  # FINISHED (loop -> thread) lives in gossip.runtime.bridge
 EPOCH_EVAL_SAMPLES = 2000  # test samples scored at the end of each epoch but the last
 WAIT_POLL_S = 0.1
-
-
-@dataclass
-class Progress:
-    """Written by the training thread, read by the loop for telemetry (plain attributes)."""
-
-    state: str = "starting"
-    epoch: int = 0
-    step: int = 0
-    global_step: int = 0
-    loss: float = float("nan")
-    confidence: float = 0.0
-    test_accuracy: float | None = None
-    updates_originated: int = 0
-    updates_applied: int = 0
-    updates_rejected_by_policy: int = 0
-    raw_bytes_originated: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    applied_by_origin: dict[int, int] = field(default_factory=dict)  # folded-in updates per originator
 
 
 class Worker:
@@ -81,15 +72,15 @@ class Worker:
         self.dataset = dataset
         self.bridge = bridge
         self.layout = layout
-        self.encoder = make_encoder(cfg.codec, layout)
+        # seeded per peer: under codec.select=randomk peers must not all pick the same elements
+        self.encoder: UpdateEncoder = make_encoder(cfg.codec, layout, seed=cfg.seed, peer=peer_id)
         # With codec.momentum_correction (DGC) the residual accumulates a velocity of the deltas;
         # pair it with train.momentum=0 so momentum is applied once, in the residual.
         self.feedback = ErrorFeedback.for_config(cfg.codec, layout.numel, trainer.flat.device,
                                                  momentum=cfg.train.momentum)
         self.trigger = Trigger(cfg.communication)
-        self.policy = aggregate.make_policy(cfg.communication)
-        if hasattr(self.policy, "bind_direction"):  # a robust policy that judges updates by our direction
-            self.policy.bind_direction(self.feedback.residual)
+        self.policy = make_policy(cfg.communication)
+        self.policy.bind_direction(self.feedback.residual)  # a robust policy judges updates by it
         self.progress = Progress()
         self.start_epoch = start_epoch
         self.exact = cfg.communication.consensus == "exact"
@@ -104,9 +95,12 @@ class Worker:
         self.stopped = False
         self.applied = Ledger(peer_id, cfg.peers, 0.0)  # (node_id, seq) folded into trainer.flat
         self.attack = attacks.make_attack(cfg, peer_id, layout)  # None unless security.attackers has us
+        # a simulated hostile peer lies on the wire but keeps its own model honest (gossip.sim.attacks)
+        self.encoder = attacks.wrap_encoder(self.encoder, self.attack, self._header)
         self.checkpointer: Checkpointer | None = None  # set by the node when it has a run dir
-        # held while the model changes (fold in, step, checkpoint), so the loop thread can take a
-        # consistent snapshot for a neighbour's StateRequest without waiting for an evaluation
+        # held while the model changes (fold in, step, checkpoint). The loop never waits for it:
+        # while this thread runs it answers StateAsked itself between batches (take); only once
+        # the thread is not running may the loop answer, taking the free lock without blocking.
         self.state_lock = threading.Lock()
         # The node sets this to read which peers its ledger has marked down (the default: nobody,
         # as in the lock-step bench). At each epoch start their shards are shared out (adopt_shards).
@@ -123,7 +117,7 @@ class Worker:
             self.progress.epoch = epoch
             if not (epoch == self.start_epoch and self.start_step > 0):  # a resumed epoch keeps its pool
                 self.adopt_shards(tuple(sorted(self.down_peers() - {self.peer_id})))
-            self.bridge.to_loop(("epoch", epoch))
+            self.bridge.to_loop(EpochStarted(epoch))
             loss_sum, batches, t0 = 0.0, 0, time.monotonic()
             for step, (x, y) in enumerate(tr.batches(epoch)):
                 if epoch == self.start_epoch and step < self.start_step:
@@ -131,14 +125,14 @@ class Worker:
                 if self.bridge.stop.is_set():
                     return self._stop(epoch, step)
                 with self.state_lock:
-                    self.fold_in(self.bridge.drain())
+                    self.take(self.bridge.drain())
                     loss = self.train_batch(x, y, step)
                 loss_sum, batches = loss_sum + loss, batches + 1
             self._end_epoch(epoch, loss_sum / max(1, batches), time.monotonic() - t0)
             if self.checkpointer is not None and self.checkpointer.due(epoch + 1):
                 with self.state_lock:
-                    self.fold_in(self.bridge.drain())  # what has arrived is in the checkpoint
-                    self.checkpointer.save(self, epoch + 1, 0, reason="epoch")
+                    self.take(self.bridge.drain())  # what has arrived is in the checkpoint
+                    self.checkpointer.save(self.state_dict(epoch + 1, 0), epoch + 1, 0, reason="epoch")
         return self._finish()
 
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
@@ -179,28 +173,26 @@ class Worker:
         self.trainer.set_extra(Split(self.dataset.train.images[idx], self.dataset.train.labels[idx]))
         log.info("shards_adopted", down=list(down), samples=len(idx))
 
+    def take(self, items: list[ToThread]) -> bool:
+        """Handle what the loop sent: fold in the updates, then answer every StateAsked (so the
+        state sent holds everything received so far); True when FINISHED was among them."""
+        finished = self.fold_in(items)
+        for item in items:
+            if isinstance(item, StateAsked):
+                self.answer_state(item.requester)
+        return finished
+
     def fold_in(self, items: list[Any]) -> bool:
         """Apply decoded neighbour updates; True when the loop said FINISHED among them."""
         finished = FINISHED in items
-        for item in items:
-            if isinstance(item, wire.StateRequest):
-                self.answer_state(item.node_id)
         updates = [u for u in items if isinstance(u, wire.DecodedUpdate) and self._first_fold(u)]
-        local = aggregate.Local(step=self.progress.global_step, confidence=self.progress.confidence)
-        if hasattr(self.policy, "fold"):  # robust policies buffer and rewrite values (gossip.aggregation.robust)
-            with torch.no_grad():
-                self.policy.fold(self.trainer.flat, updates, local, weight=self.mix)  # may close a window
-            self.progress.updates_applied += len(updates)
-            return finished
-        if not updates:
-            return finished
-        with torch.no_grad():
-            for update, weight in zip(updates, self.policy.weights(updates, local), strict=True):
-                if weight is None:
-                    self._count_rejected(update)
-                    continue
-                aggregate.apply(self.trainer.flat, update, weight * self.mix)
-                self.progress.updates_applied += 1
+        local = Local(step=self.progress.global_step, confidence=self.progress.confidence)
+        rejected: list[wire.DecodedUpdate] = []
+        with torch.no_grad():  # a windowed policy may buffer them, or close a window now
+            self.policy.fold(self.trainer.flat, updates, local, weight=self.mix, reject=rejected.append)
+        for update in rejected:
+            self._count_rejected(update)
+        self.progress.updates_applied += len(updates) - len(rejected)
         return finished
 
     def _first_fold(self, update: wire.DecodedUpdate) -> bool:
@@ -217,27 +209,18 @@ class Worker:
         log.info("update_rejected", reason="aggregation_policy", node_id=update.node_id, seq=update.seq)
 
     def answer_state(self, requester: int) -> None:
-        """Send ``requester`` what this peer has published: ``flat - residual`` (see gossip.runtime.node)."""
+        """Send ``requester`` what this peer has published: ``flat - residual`` (see gossip.runtime.catchup).
+
+        Called by whoever owns the model at the time: this thread between batches, or the loop
+        once the thread is not running (never both: see ``state_lock``).
+        """
         with torch.no_grad():  # under "exact" consensus the model holds no unsent residual
             public = self.trainer.flat.clone() if self.exact else self.trainer.flat - self.feedback.residual
         chunks = wire.pack_state_chunks(public, node_id=self.peer_id, seq=self.seq - 1,
                                         step=self.progress.global_step, epoch=self.progress.epoch,
                                         schema_hash=self.layout.schema_hash)
-        self.bridge.to_loop(("state", requester, chunks))
+        self.bridge.to_loop(StateReply(requester, tuple(chunks)))
         log.info("state_sent", to=requester, chunks=len(chunks), step=self.progress.global_step)
-
-    def answer_state_now(self, requester: int) -> None:
-        """From the loop thread: fold in everything received so far, then answer ``requester``.
-
-        Waits for at most the batch in progress (not for an evaluation), so the snapshot misses
-        only what is still on the wire; the requester skips what it received before the state.
-        """
-        with self.state_lock:
-            items = self.bridge.drain()
-            if FINISHED in items:
-                self.bridge.to_thread(FINISHED)  # the training thread must still see it
-            self.fold_in([i for i in items if i != FINISHED])
-            self.answer_state(requester)
 
     def fill_seq_gap(self, upto: int) -> int:
         """Send empty updates for seqs ``self.seq .. upto-1`` (numbers possibly used before a crash).
@@ -260,29 +243,32 @@ class Worker:
         # a whole epoch of sparse updates for small models; int8 leaves ~0.5% of the residual.
         # (A 1- or 4-bit value codec is too coarse for the flush: it falls back to int8.)
         flush_values = self.cfg.codec.values if self.cfg.codec.values in ("int8", "fp16", "fp32") else "int8"
-        update = (self.encoder.encode(self.feedback, density=1.0, values=flush_values) if final
-                  else self.encoder.encode(self.feedback))
-        step, confidence = self.progress.global_step, min(1.0, max(0.0, self.progress.confidence))
-        honest = None
-        if self.attack is not None:  # a simulated hostile peer (security.attack): lie on the wire,
-            honest = update            # but keep its own model honest (gossip.sim.attacks)
-            update, step, confidence = self.attack.forge(update, step=step, confidence=confidence)
-        self._send(update, reason, final=final, step=step, confidence=confidence, honest=honest)
+        encoded = (self.encoder.encode(self.feedback, density=1.0, values=flush_values) if final
+                   else self.encoder.encode(self.feedback))
+        step, confidence = self._header()
+        self._send(encoded.msg, reason, final=final, step=step if encoded.step is None else encoded.step,
+                   confidence=confidence if encoded.confidence is None else encoded.confidence, sent=encoded.sent)
+
+    def _header(self) -> tuple[int, float]:
+        """The (step, confidence) our next update's header carries."""
+        return self.progress.global_step, min(1.0, max(0.0, self.progress.confidence))
 
     def _send(self, update: pb.GradUpdate, reason: str, *, final: bool, step: int, confidence: float,
-              honest: pb.GradUpdate | None = None) -> None:
+              sent: Sent | None = None) -> None:
+        """Put ``update`` on the wire; ``sent``: what it adds on a receiver (None: nothing)."""
         if self.checkpointer is not None:
             self.checkpointer.reserve(self.seq)  # never reuse a seq after a crash (gossip.runtime.checkpoint)
         header: dict[str, Any] = {"node_id": self.peer_id, "seq": self.seq, "step": step, "epoch": self.progress.epoch,
                   "confidence": confidence, "schema_hash": self.layout.schema_hash, "final": final}
         data = wire.pack_update(update, **header)
-        if self.own_weight != 0.0:  # weigh our own sent delta exactly as every neighbour will
+        if self.own_weight != 0.0 and sent is not None:  # weigh our own sent delta exactly as every neighbour will
             with torch.no_grad():
-                mine = wire.unpack(data if honest is None else wire.pack_update(honest, **header), self.limits)
-                aggregate.apply(self.trainer.flat, mine, self.own_weight)  # type: ignore[arg-type]
-                if hasattr(self.policy, "observe_own"):  # a robust policy that keeps our final flush
-                    self.policy.observe_own(mine, self.trainer.flat.numel())
-        self.bridge.to_loop(("update", self.seq, data, reason))
+                mine = wire.DecodedUpdate(**{k: v for k, v in header.items() if k != "schema_hash"},
+                                          indices=sent.indices, values=sent.values, wire_bytes=len(data),
+                                          from_id=self.peer_id)
+                apply(self.trainer.flat, mine, self.own_weight)
+                self.policy.observe_own(mine, self.trainer.flat.numel())  # clip keeps our final flush
+        self.bridge.to_loop(Outgoing(self.seq, data, reason))
         self.seq += 1
         self.progress.updates_originated += 1
 
@@ -304,19 +290,18 @@ class Worker:
         if self.cfg.communication.final_flush:
             self.trigger.mark_synced(FINAL)
             self.send_update(FINAL, final=True)
-        self.bridge.to_loop(("done", self.seq - 1))
+        self.bridge.to_loop(TrainingDone(self.seq - 1))
         while not self.bridge.stop.is_set():
             items = self.bridge.wait(WAIT_POLL_S)
             with self.state_lock:
-                if self.fold_in(items):
+                if self.take(items):
                     break
         with self.state_lock:
-            self.fold_in(self.bridge.drain())  # anything that raced the FINISHED marker
-        if hasattr(self.policy, "flush"):  # a windowed robust policy still holding updates
-            with torch.no_grad():
-                self.policy.flush(self.trainer.flat, weight=self.mix)
-            log.info("robust_summary", policy=self.cfg.communication.aggregation,
-                     **getattr(self.policy, "stats", {}))
+            self.take(self.bridge.drain())  # anything that raced the FINISHED marker
+        with torch.no_grad():  # a windowed policy may still hold updates
+            self.policy.flush(self.trainer.flat, weight=self.mix)
+        if self.policy.stats:  # what a robust policy dropped or limited
+            log.info("robust_summary", policy=self.cfg.communication.aggregation, **self.policy.stats)
         metrics = self.trainer.evaluate(self.dataset.test)
         self.progress.test_accuracy = metrics["accuracy"]
         self.progress.epoch = self.cfg.train.epochs
@@ -333,6 +318,47 @@ class Worker:
         log.info("training_stopped", epoch=self.progress.epoch, step=self.progress.step)
         if self.checkpointer is not None and self.cfg.checkpoint.every_epochs > 0:
             with self.state_lock:
-                self.fold_in(self.bridge.drain())
-                self.checkpointer.save(self, epoch, step, reason="stop")
+                self.take(self.bridge.drain())
+                self.checkpointer.save(self.state_dict(epoch, step), epoch, step, reason="stop")
         return {"test_accuracy": None, "test_loss": None, "stopped": True}
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self, epoch: int, step: int) -> dict[str, Any]:
+        """Everything :meth:`load_state_dict` needs to continue at data position (epoch, step):
+        each component's own state. Updates received but not folded in yet are not in it."""
+        return {
+            "peer_id": self.peer_id, "schema_hash": self.layout.schema_hash,
+            "position": {"epoch": epoch, "step": step, "global_step": self.progress.global_step},
+            "trainer": self.trainer.state_dict(), "feedback": self.feedback.state_dict(),
+            "encoder": self.encoder.state_dict(), "trigger": self.trigger.state_dict(),
+            "seq": self.seq, "adopted": list(self.adopted), "applied": self.applied.state_dict(),
+            "policy": self.policy.state_dict(),
+            "attack": self.attack.state_dict() if self.attack is not None else {},
+            "progress": self.progress.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> tuple[int, int]:
+        """Continue from ``state``; returns its data position (epoch, step). CheckpointError when
+        it is another peer's, another model's, or malformed."""
+        if state.get("peer_id") != self.peer_id:
+            raise CheckpointError(f"checkpoint of peer {state.get('peer_id')}, not of peer {self.peer_id}")
+        if state.get("schema_hash") != self.layout.schema_hash:
+            raise CheckpointError("checkpoint of a different model (schema hash differs): same model.name needed")
+        try:
+            self.trainer.load_state_dict(state["trainer"])
+            self.feedback.load_state_dict(state["feedback"])
+            self.encoder.load_state_dict(state["encoder"])
+            self.trigger.load_state_dict(state["trigger"])
+            self.seq = int(state["seq"])
+            self.adopt_shards(tuple(int(p) for p in state.get("adopted", [])))
+            self.applied.load_state_dict(state["applied"])
+            if state.get("policy"):
+                self.policy.load_state_dict(state["policy"])
+            if state.get("attack") and self.attack is not None:
+                self.attack.load_state_dict(state["attack"])
+            pos, p = state["position"], self.progress
+            p.load_state_dict(state["progress"])
+            p.global_step, p.epoch, p.step = int(pos["global_step"]), int(pos["epoch"]), int(pos["step"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint: missing or malformed field ({type(exc).__name__}: {exc})") from None
+        return int(pos["epoch"]), int(pos["step"])

@@ -4,7 +4,7 @@ For robustness experiments only (``security.attack``; default ``none``). An atta
 honestly and keeps its own model honest (its error-feedback residual is decremented by what
 an honest peer would have sent); only the bytes its neighbours receive lie. Every forged
 update is well formed — it passes :func:`gossip.protocol.wire.unpack` — so only the receivers'
-aggregation policy (:mod:`gossip.aggregation.robust`) stands between it and their models.
+aggregation policy (a robust one of :mod:`gossip.aggregation`) stands between it and their models.
 
 ==================== ====================================================================
 ``sign_flip``        sends ``-SIGN_FLIP_SCALE x`` its honest update (pushes uphill, harder)
@@ -19,10 +19,15 @@ aggregation policy (:mod:`gossip.aggregation.robust`) stands between it and thei
 
 Forged updates travel as fp32 sparse pairs (or one dense segment), whatever ``codec``
 says: an attacker does not care about its bandwidth.
+
+The runtime knows nothing of this: an attacker's worker encodes through a
+:class:`LyingEncoder` (:func:`wrap_encoder`) whose :class:`~gossip.protocol.codec.Encoded`
+carries the forged message and header, and the honest update as what the attacker counts as sent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,7 +35,7 @@ import torch
 
 from gossip._proto import gossip_pb2 as pb
 from gossip.config import Config
-from gossip.protocol.codec import Layout, decode_update
+from gossip.protocol.codec import Encoded, ErrorFeedback, Layout, UpdateEncoder, decode_update
 from gossip.protocol.codec.index import encode_indices
 
 SIGN_FLIP_SCALE = 4.0       # sign_flip sends -4x its honest update
@@ -103,3 +108,31 @@ def make_attack(cfg: Config, peer_id: int, layout: Layout) -> Attack | None:
     if cfg.security.attack == "none" or peer_id not in cfg.security.attackers:
         return None
     return Attack(cfg.security.attack, layout.numel, seed=cfg.seed * 1_000_003 + peer_id)
+
+
+class LyingEncoder:
+    """An encoder that lies: ``inner`` encodes honestly (its residual is decremented by the honest
+    update), ``attack`` forges what goes on the wire. ``header()`` gives the honest (step,
+    confidence) the forged header is made from."""
+
+    def __init__(self, inner: UpdateEncoder, attack: Attack, header: Callable[[], tuple[int, float]]) -> None:
+        self.inner, self.attack, self.header = inner, attack, header
+
+    def encode(self, ef: ErrorFeedback, *, density: float | None = None, values: str | None = None) -> Encoded:
+        honest = self.inner.encode(ef, density=density, values=values)
+        step, confidence = self.header()
+        forged, step, confidence = self.attack.forge(honest.msg, step=step, confidence=confidence)
+        return Encoded(forged, honest.numel, own=honest.msg, step=step, confidence=confidence)
+
+    # the encoder's state only: the attack's is checkpointed on its own (Worker.state_dict "attack")
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+
+def wrap_encoder(encoder: UpdateEncoder, attack: Attack | None,
+                 header: Callable[[], tuple[int, float]]) -> UpdateEncoder:
+    """``encoder`` itself for an honest peer (``attack`` None), else a :class:`LyingEncoder` around it."""
+    return encoder if attack is None else LyingEncoder(encoder, attack, header)

@@ -38,8 +38,10 @@ import numpy as np
 import torch
 
 from gossip.config import DataConfig
+from gossip.config.loader import is_import_path
 from gossip.errors import DataError
 from gossip.observe.log import get_logger
+from gossip.training import custom, idx
 
 log = get_logger(__name__)
 
@@ -119,7 +121,10 @@ def cache_dir() -> Path:
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Decode ``cfg.name`` from the data root; DataError says where to put missing files."""
     root = data_root(cfg)
-    if cfg.name in ("mnist", "fashion_mnist"):
+    if is_import_path(cfg.name):
+        (train_x, train_y), (test_x, test_y), classes = custom.load_data(cfg.name, root)
+        train, test = Split(train_x, train_y), Split(test_x, test_y)
+    elif cfg.name in ("mnist", "fashion_mnist"):
         train, test = _torchvision_split(cfg.name, root, cfg.download)
         classes = 10
     elif cfg.name == "cifar10":
@@ -150,15 +155,16 @@ _IDX_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 
 
 def _read_idx(raw: Path, train: bool) -> Split | None:
-    """Read uncompressed IDX files directly: no torchvision import (seconds of start-up per peer)."""
-    images_path, labels_path = (raw / f for f in _IDX_FILES[train])
-    if not (images_path.is_file() and labels_path.is_file()):
+    """Read the IDX files (``.gz`` or unpacked) directly: no torchvision import (seconds per peer).
+
+    None when the files are not there (torchvision may download them); a file that is there but does
+    not match its header is a one-line DataError, not a fallback.
+    """
+    images_path, labels_path = (idx.find(raw, f) for f in _IDX_FILES[train])
+    if images_path is None or labels_path is None:
         return None
-    images = np.frombuffer(images_path.read_bytes(), dtype=np.uint8, offset=16)
-    labels = np.frombuffer(labels_path.read_bytes(), dtype=np.uint8, offset=8)
-    if images.size != labels.size * 28 * 28:
-        return None  # not the layout we expect: let torchvision read (and report) it
-    return Split(torch.from_numpy(images.reshape(-1, 1, 28, 28).copy()), torch.from_numpy(labels.astype(np.int64)))
+    images, labels = idx.read_pair(images_path, labels_path)
+    return Split(torch.from_numpy(images[:, None].copy()), torch.from_numpy(labels))
 
 
 def _torchvision_split(name: str, root: Path, download: bool) -> tuple[Split, Split]:
@@ -184,7 +190,7 @@ def _torchvision_split(name: str, root: Path, download: bool) -> tuple[Split, Sp
             why = f"download failed: {type(exc).__name__}" if download else "data.download is false"
             raise DataError(
                 f"{name}: no data under {root / folder / 'raw'} ({why}); put the IDX files "
-                f"(train-images-idx3-ubyte, ...) there or set data.root / GOSSIP_DATA"
+                f"(train-images-idx3-ubyte[.gz], ...) there or set data.root / GOSSIP_DATA"
             ) from None
         splits.append(Split(ds.data.unsqueeze(1).contiguous(), ds.targets.long()))
     return splits[0], splits[1]

@@ -34,8 +34,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from gossip.config.loader import is_import_path
 from gossip.errors import ConfigError
 from gossip.observe.log import get_logger
+from gossip.training import custom
 
 log = get_logger(__name__)
 
@@ -153,11 +155,19 @@ MODELS: dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 
-def build_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
-    """A fresh model; raises ConfigError naming ``model.name`` for an unknown name."""
-    if name not in MODELS:
-        raise ConfigError(f"model.name: unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
-    model = MODELS[name](num_classes, in_channels)
+def build_model(name: str, num_classes: int, in_channels: int, sample: torch.Tensor | None = None) -> nn.Module:
+    """A fresh model; raises ConfigError naming ``model.name`` for an unknown name.
+
+    ``name`` is a built-in (:data:`MODELS`) or ``"package.module:factory"`` (:mod:`gossip.training.custom`,
+    checked on ``sample``, a batch of images, when given).
+    """
+    if is_import_path(name):
+        model = custom.build_model(name, num_classes, in_channels, sample)
+    elif name not in MODELS:
+        raise ConfigError(f"model.name: unknown model {name!r} (known: {', '.join(sorted(MODELS))}, "
+                          f"or 'package.module:factory')")
+    else:
+        model = MODELS[name](num_classes, in_channels)
     log.info("model_built", name=name, params=count_params(model), num_classes=num_classes,
              in_channels=in_channels)
     return model

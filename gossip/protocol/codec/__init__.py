@@ -6,7 +6,8 @@ A pure library (no sockets, no threads). The runtime uses four names::
     ef = ErrorFeedback(layout.numel, device=trainer.flat.device)
     encoder = make_encoder(cfg.codec, layout)
     ef.add(delta)                     # after every local step
-    update = encoder.encode(ef)       # a GradUpdate's codec fields; ef.residual -= what it sends
+    encoded = encoder.encode(ef)      # .msg: a GradUpdate's codec fields; ef.residual -= what it sends
+                                      # .sent: (indices, values) it adds on every receiver
 
 and :mod:`gossip.protocol.wire` packs / validates / decodes the messages. The registries
 (``SELECTORS``, ``VALUE_CODECS``, ``INDEX_CODECS``) are keyed by the proto enum
@@ -24,7 +25,7 @@ from gossip.protocol.codec.base import (
     check_registries,
 )
 from gossip.protocol.codec.decoder import decode_update
-from gossip.protocol.codec.encoder import Encoder, make_encoder
+from gossip.protocol.codec.encoder import Encoded, Encoder, Sent, UpdateEncoder, make_encoder
 from gossip.protocol.codec.feedback import ErrorFeedback
 from gossip.protocol.codec.index import entropy_bound_bits
 from gossip.protocol.codec.layout import Layout
@@ -33,5 +34,6 @@ check_registries()
 
 __all__ = [
     "INDEX_CODECS", "PROTOCOL_VERSION", "REASONS", "SELECTORS", "VALUE_CODECS",
-    "Encoder", "ErrorFeedback", "Layout", "decode_update", "entropy_bound_bits", "make_encoder",
+    "Encoded", "Encoder", "ErrorFeedback", "Layout", "Sent", "UpdateEncoder", "decode_update", "entropy_bound_bits",
+    "make_encoder",
 ]

@@ -14,6 +14,13 @@ One call to :meth:`Encoder.encode`:
    from the residual, so sender and receivers agree to the bit;
 5. codes the indices (``codec.index``) and fills the message.
 
+It returns an :class:`Encoded`: the message and what it adds on every receiver (decoded by
+the receivers' own decoder, on first use), so the sender applies exactly that to itself
+without packing or unpacking its own bytes.
+
+The generator behind random choices (``randomk``; ``sampled_topk``'s sample) is seeded per
+peer (``make_encoder(..., peer=id)``): otherwise every peer would pick the same indices.
+
 ``encode(ef, density=1.0)`` sends *everything* (all segments dense) and, unless
 ``values`` says otherwise, in fp32, so the residual becomes exactly zero: the
 final flush that brings peers into agreement. That message is ``4 x numel`` bytes
@@ -23,8 +30,9 @@ to ~16M parameters at the default).
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -34,6 +42,7 @@ from gossip.config import CodecConfig
 from gossip.observe.log import get_logger
 from gossip.protocol.codec import index as index_codecs
 from gossip.protocol.codec.base import SELECTORS, VALUE_CODECS, chunk_lengths
+from gossip.protocol.codec.decoder import decode_update
 from gossip.protocol.codec.feedback import ErrorFeedback
 from gossip.protocol.codec.layout import Layout
 from gossip.protocol.codec.powersgd import PowerSGD
@@ -52,15 +61,55 @@ def _aranges(ranges: np.ndarray) -> np.ndarray:
     return np.repeat(ranges[:, 0] - starts, sizes) + np.arange(int(sizes.sum()), dtype=np.int64)
 
 
+class Sent(NamedTuple):
+    """What an update adds on every receiver: ``flat.index_add_(0, indices, values)``, or
+    ``flat += values`` when ``indices`` is None (it covers every element)."""
+
+    indices: torch.Tensor | None  # int64, strictly increasing
+    values: torch.Tensor          # float32
+
+
+class Encoded:
+    """One encoded update: ``msg`` (the codec fields to put on the wire) and :attr:`sent`.
+
+    ``own``: the message whose decoding the sender counts as sent, when a wrapper puts another
+    one on the wire (a simulated attacker, :mod:`gossip.sim.attacks`); ``step`` / ``confidence``:
+    header values such a wrapper claims instead of the sender's own (None: the truth).
+    """
+
+    def __init__(self, msg: pb.GradUpdate, numel: int, *, own: pb.GradUpdate | None = None,
+                 step: int | None = None, confidence: float | None = None) -> None:
+        self.msg, self.numel, self.own = msg, numel, own
+        self.step, self.confidence = step, confidence
+
+    @functools.cached_property
+    def sent(self) -> Sent:
+        """What ``own`` (default ``msg``) adds on a receiver, by the receivers' decoder (computed once)."""
+        indices, values = decode_update(self.msg if self.own is None else self.own, self.numel)
+        return Sent(None if indices is None else torch.from_numpy(indices), torch.from_numpy(values))
+
+
+class UpdateEncoder(Protocol):
+    """What the runtime needs of an encoder: :class:`Encoder`, or a wrapper around one."""
+
+    def encode(self, ef: ErrorFeedback, *, density: float | None = None,
+               values: str | None = None) -> Encoded: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 class Encoder:
-    def __init__(self, cfg: CodecConfig, layout: Layout, *, seed: int = 0) -> None:
+    def __init__(self, cfg: CodecConfig, layout: Layout, *, seed: int = 0, peer: int | None = None) -> None:
         self.cfg = cfg
         self.layout = layout
         self.sparse_ranges, self.dense_ranges = layout.ranges(cfg.dense_below)
         self.eligible = int((self.sparse_ranges[:, 1] - self.sparse_ranges[:, 0]).sum())
         self.dense_index = _aranges(self.dense_ranges)
         self.all_ranges = layout.tensor_ranges()
-        self.rng = np.random.default_rng(seed)
+        # one stream per (seed, peer): peers must not pick the same random indices
+        self.rng = np.random.default_rng(seed if peer is None else (seed, peer))
         self.calls = 0
         self.powersgd = (PowerSGD(layout, cfg.powersgd_rank, cfg.dense_below, seed)
                          if cfg.select == "powersgd" else None)
@@ -74,8 +123,9 @@ class Encoder:
         return float(WARMUP_START_DENSITY ** (1 - frac) * target ** frac)
 
     def encode(self, ef: ErrorFeedback, *, density: float | None = None,
-               values: str | None = None) -> pb.GradUpdate:
-        """Select, quantize, subtract what is sent from ``ef.residual``; returns the codec fields.
+               values: str | None = None) -> Encoded:
+        """Select, quantize, subtract what is sent from ``ef.residual``; returns the codec fields
+        (``.msg``) and what they decode to (``.sent``).
 
         ``density`` overrides the configured one (1.0: everything); ``values`` overrides
         ``codec.values`` (default for density >= 1: ``"fp32"``, a lossless flush).
@@ -115,7 +165,7 @@ class Encoder:
             msg.indices, msg.index_aux, msg.index_param = payload.main, payload.aux, payload.param
         if not self.cfg.error_feedback:
             residual.zero_()
-        return msg
+        return Encoded(msg, self.layout.numel)
 
     def _send_values(self, msg: pb.GradUpdate, ef: ErrorFeedback, indices: np.ndarray,
                      sparse_values: np.ndarray, segments: np.ndarray, dense_index: np.ndarray,
@@ -177,8 +227,13 @@ def _put(target: torch.Tensor, positions: np.ndarray, values: np.ndarray) -> Non
         target[torch.from_numpy(positions).to(target.device)] = torch.from_numpy(values).to(target.device)
 
 
-def make_encoder(cfg: CodecConfig, layout: Layout, *, seed: int = 0) -> Encoder:
-    """The encoder for ``codec`` settings and a model layout (``seed``: random-k and PowerSGD init)."""
+def make_encoder(cfg: CodecConfig, layout: Layout, *, seed: int = 0, peer: int | None = None) -> Encoder:
+    """The encoder for ``codec`` settings and a model layout.
+
+    ``seed``: PowerSGD's initial factors and, with ``peer``, the random choices' generator
+    (a peer of a swarm passes ``(cfg.seed, peer_id)``; without ``peer`` the generator is
+    ``default_rng(seed)``).
+    """
     if math.isnan(cfg.density):
         raise ValueError("codec.density is NaN")
-    return Encoder(cfg, layout, seed=seed)
+    return Encoder(cfg, layout, seed=seed, peer=peer)

@@ -1,0 +1,207 @@
+"""The configuration tree: one frozen dataclass per section, every field typed and defaulted.
+
+A field's ``metadata`` holds its range (:func:`_range`) or minimum length (:func:`_items`);
+:mod:`gossip.config.loader` enforces both and the types. Units are in the field names or
+comments (``_s`` seconds, ``_ms`` milliseconds, bandwidth as a string such as ``"10Gbps"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DATA_SETS = ("mnist", "fashion_mnist", "cifar10", "imagefolder")
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Any:
+    return {"lo": lo, "hi": hi, "lo_open": lo_open}
+
+
+def _items(least: int) -> Any:
+    return {"min_items": least}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # a built-in (DATA_SETS) or your own "package.module:factory" (gossip.training.custom)
+    name: str = "mnist"
+    root: str | None = None  # None: $GOSSIP_DATA, else ./data
+    partition: Literal["iid", "dirichlet", "shards"] = "iid"
+    alpha: float = field(default=0.5, metadata=_range(0.0, None, lo_open=True))  # dirichlet concentration
+    shards_per_peer: int = field(default=2, metadata=_range(1))
+    augment: bool = True  # random crop + flip for CIFAR-like data
+    download: bool = True  # fetch torchvision data sets into root when missing (needs internet)
+    limit_train: int = field(default=0, metadata=_range(0))  # 0: all samples; >0: first N (smoke tests)
+    limit_test: int = field(default=0, metadata=_range(0))
+    # a peer that is down at an epoch start has its shard split among the live peers for that
+    # epoch (every peer can rebuild every shard: the partition is deterministic); false: its data is lost
+    adopt_down_shards: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mnist_cnn"  # a built-in (gossip.training.models) or "package.module:factory"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = field(default=2, metadata=_range(1))
+    batch_size: int = field(default=64, metadata=_range(1))
+    lr: float = field(default=0.05, metadata=_range(0.0, None, lo_open=True))
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    nesterov: bool = True
+    weight_decay: float = field(default=5e-4, metadata=_range(0.0))
+    label_smoothing: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    schedule: Literal["constant", "cosine", "onecycle"] = "onecycle"
+    warmup_epochs: float = field(default=0.2, metadata=_range(0.0))
+    eval_batch_size: int = field(default=1000, metadata=_range(1))
+    threads: int = field(default=0, metadata=_range(0))  # torch CPU threads; 0: fair share of cores
+
+
+@dataclass(frozen=True)
+class CommunicationConfig:
+    """Sync triggers (names and defaults from the design card) and aggregation."""
+
+    grad_norm_threshold: float = field(default=0.15, metadata=_range(0.0))  # relative change since last sync
+    confidence_threshold: float = field(default=0.7, metadata=_range(0.0, 1.0))  # mean max-softmax
+    sync_interval: int = field(default=5, metadata=_range(1))  # max batches between syncs
+    aggregation: Literal["uniform", "confidence", "staleness", "clip", "trimmed_mean", "median", "centered_clip"] = "uniform"
+    confidence_cap: float = field(default=2.0, metadata=_range(1.0))  # max weight ratio between peers
+    staleness_decay: float = field(default=0.1, metadata=_range(0.0))  # weight 1/(1+decay*steps_behind)
+    clip_norm: float = field(default=0.0, metadata=_range(0.0))  # robust options; 0: derived
+    trim_ratio: float = field(default=0.25, metadata=_range(0.0, 0.5))
+    final_flush: bool = True  # send the leftover error-feedback residual at the end
+    # A peer trains at train.lr x lr_scale (centralized runs ignore it). Averaging N peers'
+    # deltas makes the swarm act like one model at N x the batch with 1/N of the steps, which
+    # wants a larger step; linear scaling (N x) overshoots with compressed, delayed updates.
+    # Measured (MNIST CNN, 4 peers, 2 epochs, base lr 0.05): x1 98.88%, x2 99.08%, x2.6 99.22%,
+    # x4 97.08% (README, "The swarm's step size").
+    lr_scale: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    # "local": a peer keeps its own full steps, so its model is the swarm's average plus its own
+    # unsent residual (local SGD with compressed averaging). "exact": a peer's model moves only by
+    # compressed updates, so every model is the same up to in-flight messages (DGC-style); it
+    # trained worse in our MNIST runs (README, "Consensus").
+    consensus: Literal["exact", "local"] = "local"
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    select: Literal["topk", "sampled_topk", "randomk", "dense", "powersgd"] = "sampled_topk"
+    density: float = field(default=0.01, metadata=_range(0.0, 1.0, lo_open=True))  # kept / elements of tensors >= dense_below
+    values: Literal["int8", "int4", "sign", "fp16", "fp32"] = "int8"
+    chunk: int = field(default=256, metadata=_range(0))  # values per quantization scale; 0: one per group
+    index: Literal["auto", "delta_zlib", "bitmap_zlib", "rice", "rice_zlib"] = "auto"
+    zlib_level: int = field(default=1, metadata=_range(0, 9))  # 1: measured best size/speed (gossip.bench codec)
+    dense_below: int = field(default=2048, metadata=_range(0))  # tensors this small go dense
+    error_feedback: bool = True
+    momentum_correction: bool = False  # DGC; use ErrorFeedback.for_config(..., momentum=train.momentum)
+    clip_norm: float = field(default=0.0, metadata=_range(0.0))  # max L2 norm of one update (rest waits); 0: off
+    warmup_steps: int = field(default=0, metadata=_range(0))  # encodes over which density falls from 25% (DGC)
+    powersgd_rank: int = field(default=4, metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    kind: Literal["full", "ring", "torus", "kregular", "random_k", "edges"] = "full"
+    k: int = field(default=2, metadata=_range(1))  # degree for kregular/random_k
+    edges: tuple[tuple[int, int], ...] = ()
+    transport: Literal["tcp", "ipc"] = "tcp"
+    # one per peer, or one for all; in YAML also "hostfile:PATH", "slurm" or "env" (gossip.config.hosts)
+    hosts: tuple[str, ...] = ("127.0.0.1",)
+    # below Linux's ephemeral range (32768-60999), where outgoing connections could already hold it
+    base_port: int = field(default=24000, metadata=_range(1024, 65000))
+    ipc_dir: str = "/tmp/gossip-ipc"
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    bandwidth: str = "10Gbps"
+    latency_ms: float = field(default=0.0, metadata=_range(0.0))
+    drop: float = field(default=0.0, metadata=_range(0.0, 1.0))  # fault injection
+    duplicate: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    reorder: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    # The shaper (gossip.runtime.shaper). A message longer than the effective burst is cut into
+    # fragments of chunk_bytes (bytes of payload each), and every fragment waits for its tokens.
+    chunk_bytes: int = field(default=64 * 1024, metadata=_range(1024))
+    # bytes a link may send back to back above the rate after an idle spell; 0: auto, the larger
+    # of chunk_bytes and 5 ms at the rate (so under the default 10 Gbps messages go whole)
+    burst_bytes: int = field(default=0, metadata=_range(0))
+    # the bucket charges estimated wire bytes: the ZMTP stream cut into TCP segments of mss_bytes
+    # (1448 = MTU 1500 - IPv4 20 - TCP 20 - timestamps 12), each adding header_bytes on the
+    # wire (Ethernet 14 + IPv4 20 + TCP 20 + timestamps 12); header_bytes 0: payload only
+    mss_bytes: int = field(default=1448, metadata=_range(64, 65536))
+    header_bytes: int = field(default=66, metadata=_range(0, 512))
+    # a partly reassembled message from a neighbour is dropped (and counted) after this many seconds
+    reassembly_timeout_s: float = field(default=30.0, metadata=_range(0.0, None, lo_open=True))
+
+
+@dataclass(frozen=True)
+class TimeoutConfig:
+    startup_s: float = field(default=60.0, metadata=_range(0.0, None, lo_open=True))
+    silence_s: float = field(default=15.0, metadata=_range(0.0, None, lo_open=True))
+    finish_s: float = field(default=30.0, metadata=_range(0.0))
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_epochs: int = field(default=5, metadata=_range(0))  # 0: never
+    keep: int = field(default=2, metadata=_range(1))
+    save_final: bool = False  # write DIR/peer-<id>.final.pt (the final model's state_dict) at the end
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = field(default=3000, metadata=_range(0, 65535))
+    telemetry_port: int = field(default=24500, metadata=_range(1024, 65000))  # peer i publishes on +i
+    interval_s: float = field(default=0.5, metadata=_range(0.05))
+    down_after_s: float = field(default=3.0, metadata=_range(0.0, None, lo_open=True))  # silence => "down"
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=_range(1024))
+    curve: bool = False  # CurveZMQ: encrypted links, only the peers' keys accepted (gossip.runtime.curve)
+    curve_keys: str = "keys"  # folder with every peer-<i>.key and this peer's peer-<i>.key_secret
+    attack: Literal["none", "sign_flip", "gaussian", "inflated_confidence", "stale_replay"] = "none"
+    attackers: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """What ``python -m gossip.experiment`` runs (:mod:`gossip.experiments.plan`); a swarm ignores it.
+
+    ``None`` means "derived from the rest of the config" (resolved by ``plan.settings_from``).
+    """
+
+    large_model: str | None = None  # None: model.name
+    small_model: str | None = None  # None: model.name
+    arms: tuple[Literal["large", "small", "swarm"], ...] = field(default=("large", "small", "swarm"),
+                                                                 metadata=_items(1))
+    seeds: tuple[int, ...] | None = field(default=None, metadata=_items(1))  # None: (seed,)
+    sweep_seeds: tuple[int, ...] | None = field(default=None, metadata=_items(1))  # None: the first seed
+    target_accuracy: float | None = field(default=None, metadata=_range(0.0, 1.0, lo_open=True))
+    match_tolerance_pts: float = field(default=0.5, metadata=_range(0.0))  # "matches": within this many points
+    ensemble: bool = True  # score the swarm's ensemble vote and consensus model
+    dashboard: bool = False  # start the web dashboard for swarm arms
+    # one swarm run per value: {"link.bandwidth": ("10Gbps", "1Mbps"), "partition": ("dirichlet:0.1",)}
+    sweeps: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    peers: int = field(default=4, metadata=_range(1, 256))
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    communication: CommunicationConfig = CommunicationConfig()
+    codec: CodecConfig = CodecConfig()
+    topology: TopologyConfig = TopologyConfig()
+    link: LinkConfig = LinkConfig()
+    timeouts: TimeoutConfig = TimeoutConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    dashboard: DashboardConfig = DashboardConfig()
+    security: SecurityConfig = SecurityConfig()
+    experiment: ExperimentConfig = ExperimentConfig()  # read by gossip.experiments only

@@ -1,0 +1,182 @@
+"""State transfer: a peer that is far behind loads a neighbour's published state.
+
+Both sides of a ``StateRequest``:
+
+* **asking** (:class:`CatchUp`): a late joiner a full epoch behind its most advanced
+  neighbour, or a resumed peer a quarter of an epoch behind (it missed whatever was sent
+  while it was down), asks that neighbour for its state, collects the StateChunks and adopts
+  them: its parameters, and the neighbour's position (epoch, step, LR schedule). Updates that
+  arrive before the state are recorded as seen but not applied: the state already holds them
+  (approximately: one in flight at snapshot time may be missed or counted twice).
+* **answering** (:class:`StateServer`): the published state is ``flat - residual`` (what the
+  swarm has seen of us). Whoever owns the model answers, so the loop never waits for the
+  training lock (a batch may hold it for seconds, and the loop must keep its heartbeats):
+  while the training thread runs (from the start of catching up to the end of training) the
+  loop posts :class:`~gossip.runtime.bridge.StateAsked` and the thread answers between
+  batches; before and after, nothing else touches the model, and the loop answers at once.
+  Either way the chunks cross the bridge as a :class:`~gossip.runtime.bridge.StateReply`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from gossip.observe.log import get_logger
+from gossip.protocol import wire
+from gossip.runtime.bridge import StateAsked, ToThread
+from gossip.runtime.ledger import Ledger
+from gossip.runtime.outcome import Counters
+from gossip.runtime.worker import Worker
+
+log = get_logger(__name__)
+
+PROGRESS_WAIT_S = 1.5  # at startup, how long to wait for the neighbours' heartbeats (are we behind?)
+POLL_S = 0.02
+
+
+def pick_source(own_step: int, neighbour_step: dict[int, int], heard: set[int], steps_per_epoch: int,
+                *, resume: bool) -> int | None:
+    """The neighbour to load the state of, or None when we are not far enough behind."""
+    ahead = {p: s for p, s in neighbour_step.items() if p in heard}
+    if not ahead:
+        return None
+    source = max(ahead, key=lambda p: ahead[p])
+    lag = max(1, steps_per_epoch // 4) if resume else steps_per_epoch
+    return source if ahead[source] - own_step >= lag else None
+
+
+class CatchUp:
+    def __init__(self, peer_id: int, ledger: Ledger, counters: Counters, send: Callable[[int, bytes], bool],
+                 *, numel: int, schema_hash: int) -> None:
+        self.peer_id = peer_id
+        self.ledger = ledger
+        self.counters = counters
+        self.send = send
+        self.numel = numel
+        self.schema_hash = schema_hash
+        self.active = False  # waiting for a neighbour's state: updates are recorded, not applied
+        self.source: int | None = None
+        self.chunks: dict[int, wire.StateChunk] = {}
+        self.unheard_since_state: set[int] = set()  # origins whose first seq after the state sets its floor
+
+    # ------------------------------------------------------------ the inbound side (dispatcher)
+    def offer(self, sender: int, chunk: wire.StateChunk) -> None:
+        """A StateChunk came in: kept only while we wait for that very neighbour's state."""
+        if self.active and sender == self.source == chunk.node_id:
+            self.chunks[chunk.offset] = chunk
+
+    def first_seen(self, origin: int, seq: int) -> None:
+        """The first update of ``origin`` since the state: what is older is in the state."""
+        if origin in self.unheard_since_state:
+            self.unheard_since_state.discard(origin)
+            self.ledger.skip_below(origin, seq)
+
+    def complete(self) -> bool:
+        return sum(c.values.numel() for c in self.chunks.values()) == self.numel
+
+    # ------------------------------------------------------------ the flow
+    async def run(self, worker: Worker, bridge: Any, neighbour_step: dict[int, int], heard: set[int], *,
+                  resume: bool, timeout_s: float) -> None:
+        """Catch up if we are far behind (see the module docstring); gives up after ``timeout_s``."""
+        deadline = time.monotonic() + PROGRESS_WAIT_S
+        while heard - set(neighbour_step) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        own = worker.progress.global_step
+        source = pick_source(own, neighbour_step, heard, worker.trainer.steps_per_epoch, resume=resume)
+        if source is None:
+            return
+        log.info("catch_up_start", source=source, their_step=neighbour_step[source], own_step=own)
+        self.active, self.source = True, source
+        self.send(source, wire.pack_state_request(node_id=self.peer_id, schema_hash=self.schema_hash))
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not self.complete():
+                if time.monotonic() > deadline or bridge.stop.is_set():
+                    log.warning("catch_up_failed", source=source, chunks=len(self.chunks))
+                    return
+                await asyncio.sleep(POLL_S)
+            for item in self.adopt(worker, bridge.drain()):
+                bridge.to_thread(item)  # the thread answers them with the state just adopted
+        finally:
+            self.active = False
+
+    def adopt(self, worker: Worker, queued: list[ToThread]) -> list[ToThread]:
+        """Load the collected state into ``worker`` (not running); returns the StateAsked among
+        ``queued`` (the rest was queued before the state, so the state holds it)."""
+        tr = worker.trainer
+        first = next(iter(self.chunks.values()))
+        with torch.no_grad():
+            for chunk in self.chunks.values():
+                tr.flat[chunk.offset:chunk.offset + chunk.values.numel()].copy_(chunk.values)
+            worker.feedback.residual.zero_()  # what we had not sent is in the neighbour's state or lost
+        keep: list[ToThread] = [item for item in queued if isinstance(item, StateAsked)]
+        self.counters.skipped_before_state += len(queued) - len(keep)
+        self._skip_what_the_state_holds(first)
+        worker.applied.load_state_dict(self.ledger.state_dict())  # fold in nothing the state holds
+        spe = tr.steps_per_epoch
+        worker.start_epoch = first.epoch
+        worker.start_step = min(spe, max(0, first.step - first.epoch * spe))
+        tr.step_count = worker.progress.global_step = first.step
+        log.info("state_adopted", source=self.source, epoch=first.epoch, step=first.step,
+                 skipped_updates=self.counters.skipped_before_state)
+        return keep
+
+    def _skip_what_the_state_holds(self, first: wire.StateChunk) -> None:
+        """Older updates are in the adopted state: neither wait nor ask for them (nor apply them).
+
+        Of each origin, that is everything below the newest seq seen while catching up, or, for
+        one not heard yet, below the first seq that arrives (approximate, like the state itself).
+        """
+        for origin in self.ledger.views:
+            top = self.ledger.top(origin)
+            if top >= 0:
+                self.ledger.skip_below(origin, top + 1)
+            else:
+                self.unheard_since_state.add(origin)
+        self.ledger.skip_below(first.node_id, first.seq + 1)  # exact: the source's own last seq
+        self.unheard_since_state.discard(first.node_id)
+
+
+class StateServer:
+    """Answers neighbours' StateRequests through whoever owns the model (module docstring)."""
+
+    def __init__(self, worker: Worker, bridge: Any) -> None:
+        self.worker = worker
+        self.bridge = bridge
+        self.thread_owns = False
+
+    def asked(self, requester: int) -> None:
+        log.info("state_requested", by=requester)
+        self._route(requester)
+
+    def thread_starts(self) -> None:
+        """From now on the training thread answers (call before it can touch the model)."""
+        self.thread_owns = True
+
+    def thread_ended(self) -> None:
+        """The thread is gone: answer here what it left unanswered, and from now on."""
+        self.thread_owns = False
+        for item in self.bridge.drain():
+            if isinstance(item, StateAsked):
+                self._route(item.requester)
+
+    def _route(self, requester: int) -> None:
+        if not self.thread_owns and self._answer_now(requester):
+            return
+        self.bridge.to_thread(StateAsked(requester))
+
+    def _answer_now(self, requester: int) -> bool:
+        lock: threading.Lock = self.worker.state_lock
+        if not lock.acquire(blocking=False):  # cannot happen while the thread is not running
+            return False
+        try:
+            self.worker.answer_state(requester)
+        finally:
+            lock.release()
+        return True

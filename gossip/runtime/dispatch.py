@@ -1,0 +1,155 @@
+"""Every frame a neighbour sends, from the inbox to where it belongs.
+
+:meth:`Dispatcher.handle` validates the frame (:func:`gossip.protocol.wire.unpack_envelope`),
+checks who sent it (a configured neighbour; ``from_id`` and the message's ``node_id`` must
+match the link's identity where they name the sender; on a full mesh nobody may speak for
+another peer), and routes it:
+
+* an update: dropped when out of the de-duplication window or seen before (counted as a
+  duplicate), else recorded in the ledger, relayed to the other neighbours on sparse
+  topologies (the parsed envelope re-addressed), and handed to the training thread (or only
+  counted while catching up: the awaited state holds it);
+* Done: the two-phase finish (:mod:`gossip.runtime.membership`), relayed the first time;
+* Heartbeat, Hello, StateRequest, StateChunk, ResendRequest: to their owners.
+
+A bad frame raises :class:`~gossip.errors.ProtocolError` inside; :meth:`handle` counts it
+by reason and logs ``update_rejected``, never more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from gossip._proto import gossip_pb2 as pb
+from gossip.errors import PeerError, ProtocolError
+from gossip.observe.log import get_logger
+from gossip.protocol import wire
+from gossip.runtime.catchup import CatchUp
+from gossip.runtime.ledger import Ledger
+from gossip.runtime.membership import Membership
+from gossip.runtime.outcome import Counters
+from gossip.runtime.resend import Resender
+
+log = get_logger(__name__)
+
+
+class Link(Protocol):
+    """The part of :class:`gossip.runtime.transport.Transport` the dispatcher sends with."""
+
+    def send(self, nbr: int, data: bytes) -> bool: ...
+    def broadcast(self, data: bytes, exclude: tuple[int, ...] = ()) -> int: ...
+
+
+class Dispatcher:
+    def __init__(self, peer_id: int, neighbours: list[int], *, relay: bool, limits: wire.Limits,
+                 config_hash: str, ledger: Ledger, counters: Counters, membership: Membership,
+                 catchup: CatchUp, resend: Resender, link: Link,
+                 deliver: Callable[[wire.DecodedUpdate], None], ask_state: Callable[[int], None],
+                 on_fatal: Callable[[PeerError], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self.peer_id = peer_id
+        self.neighbours = neighbours
+        self.relay = relay
+        self.limits = limits
+        self.config_hash = config_hash
+        self.ledger = ledger
+        self.counters = counters
+        self.membership = membership
+        self.catchup = catchup
+        self.resend = resend
+        self.link = link
+        self.deliver = deliver      # to the training thread (Bridge.to_thread)
+        self.ask_state = ask_state  # a neighbour asked for our state (StateServer.asked)
+        self.on_fatal = on_fatal    # a neighbour runs a different model: stop
+        self.clock = clock
+        self.heard: set[int] = set()  # neighbours that have said anything valid
+        self.neighbour_step: dict[int, int] = {}  # global step from each neighbour's heartbeats
+
+    async def receive(self, recv: Callable[[], Awaitable[tuple[int | None, list[bytes]]]]) -> None:
+        while True:
+            sender, frames = await recv()
+            self.handle(sender, frames)
+
+    def handle(self, sender: int | None, frames: list[bytes]) -> None:
+        try:
+            self._handle(sender, frames)
+        except ProtocolError as exc:
+            self.counters.reject(exc.reason, sender, str(exc))
+
+    def _handle(self, sender: int | None, frames: list[bytes]) -> None:
+        if len(frames) != 1:
+            raise ProtocolError("bad_frames", f"{len(frames)} frames, expected 1")
+        msg, env = wire.unpack_envelope(frames[0], self.limits)
+        if sender is None or sender not in self.neighbours:
+            raise ProtocolError("unknown_sender", f"identity is not a configured neighbour of {self.peer_id}")
+        now = self.clock()
+        if self.ledger.heard(sender, now):
+            log.info("peer_up", peer=sender)
+        self.heard.add(sender)
+        if isinstance(msg, wire.DecodedUpdate):
+            if msg.from_id != sender:
+                raise ProtocolError("spoofed_node_id", f"neighbour {sender} sent from_id {msg.from_id}")
+            self._on_update(sender, msg, env, now)
+        elif isinstance(msg, wire.Heartbeat):
+            if msg.node_id == sender:
+                self.neighbour_step[sender] = msg.step
+        elif isinstance(msg, wire.StateRequest):
+            if msg.node_id != sender:
+                raise ProtocolError("spoofed_node_id", f"neighbour {sender} asked state for {msg.node_id}")
+            self.ask_state(sender)
+        elif isinstance(msg, wire.ResendRequest):
+            if msg.node_id != sender:
+                raise ProtocolError("spoofed_node_id", f"neighbour {sender} asked resend for {msg.node_id}")
+            self.resend.answer(msg, self.link.send)
+        elif isinstance(msg, wire.StateChunk):
+            self.catchup.offer(sender, msg)
+        elif isinstance(msg, wire.Hello):
+            self._on_hello(sender, msg)
+        elif isinstance(msg, wire.Done):
+            self._on_done(sender, msg, env)
+
+    def _check_origin(self, sender: int, origin: int) -> None:
+        if origin == self.peer_id or not self.ledger.known(origin):
+            raise ProtocolError("bad_node_id", f"node_id {origin} is not another peer")
+        if not self.relay and origin != sender:
+            raise ProtocolError("spoofed_node_id", f"neighbour {sender} sent node_id {origin} on a full mesh")
+
+    def _on_update(self, sender: int, update: wire.DecodedUpdate, env: pb.Envelope, now: float) -> None:
+        if update.node_id == self.peer_id and self.relay:
+            return  # our own update coming back around a cycle
+        self._check_origin(sender, update.node_id)
+        if not self.ledger.in_window(update.node_id, update.seq):
+            raise ProtocolError("seq_out_of_window", f"seq {update.seq} from {update.node_id}")
+        self.catchup.first_seen(update.node_id, update.seq)
+        if not self.ledger.first_time(update.node_id, update.seq):
+            self.counters.duplicates += 1
+            log.debug("update_duplicate", node_id=update.node_id, seq=update.seq, sender=sender)
+            return
+        self.ledger.heard(update.node_id, now)
+        self.membership.news(update.node_id, now)
+        self.resend.arrived(update.node_id, update.seq)
+        if self.relay:
+            self.counters.updates_sent += self.link.broadcast(wire.relay(env, from_id=self.peer_id),
+                                                              exclude=(sender, update.node_id))
+        if self.catchup.active:
+            self.counters.skipped_before_state += 1
+        else:
+            self.deliver(update)
+        self.membership.check_finish()
+
+    def _on_done(self, sender: int, done: wire.Done, env: pb.Envelope) -> None:
+        if done.node_id == self.peer_id and self.relay:
+            return
+        self._check_origin(sender, done.node_id)
+        if self.membership.on_done(done) and self.relay:
+            self.link.broadcast(wire.relay(env, from_id=self.peer_id), exclude=(sender, done.node_id))
+        self.membership.check_finish()
+
+    def _on_hello(self, sender: int, hello: wire.Hello) -> None:
+        if hello.schema_hash != self.limits.schema_hash:
+            self.on_fatal(PeerError(
+                f"peer {sender} runs a different model (schema hash {hello.schema_hash:#x}, "
+                f"ours {self.limits.schema_hash:#x}): use the same model.name and data on every peer"))
+        elif hello.config_hash != self.config_hash:
+            log.warning("config_differs", peer=sender, their_hash=hello.config_hash)

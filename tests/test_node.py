@@ -1,0 +1,327 @@
+"""The peer's loop-side parts, in process: no sockets, no subprocesses, a fake clock where time matters.
+
+Dispatcher (spoofing, duplicates, relay), Membership (two-phase finish, liveness, lost updates),
+CatchUp (adopting a state from chunks), StateServer (who answers a StateRequest), and a real
+Peer loop around a real Worker whose batch holds the training lock for 3 s: the heartbeats must
+not stall while a StateRequest waits for that batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from gossip import config
+from gossip.protocol import wire
+from gossip.runtime.bridge import FINISHED, Bridge, StateAsked
+from gossip.runtime.catchup import CatchUp, StateServer, pick_source
+from gossip.runtime.dispatch import Dispatcher
+from gossip.runtime.ledger import Ledger
+from gossip.runtime.membership import Membership
+from gossip.runtime.outcome import Counters
+from gossip.runtime.progress import Progress
+from gossip.runtime.resend import Resender
+from gossip.runtime.testing import Clock, MemoryLink
+from gossip.sim.attacks import build_update
+
+NUMEL, HASH, PEERS, SILENCE = 50, 0x1234, 4, 5.0
+LIMITS = wire.Limits(numel=NUMEL, schema_hash=HASH, max_bytes=1 << 20, peers=PEERS)
+
+
+def update(origin: int, seq: int, *, via: int | None = None) -> bytes:
+    """Origin's update ``seq`` (values = seq + 1 at indices 0..2), relayed by ``via`` if given."""
+    msg = build_update(np.arange(3, dtype=np.int64), np.full(3, seq + 1.0, dtype=np.float32), NUMEL)
+    data = wire.pack_update(msg, node_id=origin, seq=seq, step=seq, epoch=0, confidence=0.5, schema_hash=HASH)
+    return data if via is None else wire.relay(data, from_id=via)
+
+
+class Parts:
+    """Peer 0's loop-side parts around a recording link, with a fake clock."""
+
+    def __init__(self, neighbours=(1, 2), relay: bool = False) -> None:
+        self.clock = Clock()
+        self.ledger = Ledger(0, PEERS, self.clock())
+        self.counters = Counters()
+        self.link = MemoryLink(neighbours)
+        self.delivered: list[wire.DecodedUpdate] = []
+        self.finished: list[bool] = []
+        self.asked: list[int] = []
+        self.fatal: list[Exception] = []
+        self.membership = Membership(0, self.ledger, self.link.broadcast, self.counters, silence_s=SILENCE,
+                                     on_all_delivered=lambda: self.finished.append(True), clock=self.clock)
+        self.catchup = CatchUp(0, self.ledger, self.counters, self.link.send, numel=NUMEL, schema_hash=HASH)
+        self.dispatcher = Dispatcher(
+            0, list(neighbours), relay=relay, limits=LIMITS, config_hash="ours", ledger=self.ledger,
+            counters=self.counters, membership=self.membership, catchup=self.catchup,
+            resend=Resender(0, self.clock), link=self.link, deliver=self.delivered.append,
+            ask_state=self.asked.append, on_fatal=self.fatal.append, clock=self.clock)
+
+    def handle(self, sender, *frames: bytes) -> None:
+        self.dispatcher.handle(sender, list(frames))
+
+    def done(self, origin: int, last_seq: int, complete: bool = False) -> None:
+        self.handle(origin, wire.pack_done(node_id=origin, last_seq=last_seq, complete=complete))
+
+
+# ---------------------------------------------------------------- dispatcher
+
+
+def test_spoofed_identities_are_rejected_and_counted():
+    p = Parts()
+    p.handle(2, update(1, 0))  # from_id 1 on peer 2's link
+    p.handle(1, update(2, 0, via=1))  # a full mesh: peer 1 may not speak for peer 2
+    p.handle(1, wire.pack_state_request(node_id=2, schema_hash=HASH))
+    p.handle(1, wire.pack_resend_request(node_id=2, origin=0, seqs=[0]))
+    p.handle(1, update(0, 0, via=1))  # our own id as the origin
+    p.handle(3, update(3, 0))  # not a neighbour
+    p.handle(None, update(1, 0))  # no identity at all
+    p.handle(1, update(1, 0), update(1, 1))  # two frames
+    p.handle(1, b"\xff garbage")
+    assert p.counters.rejected == {"spoofed_node_id": 4, "bad_node_id": 1, "unknown_sender": 2,
+                                   "bad_frames": 1, "parse_error": 1}
+    assert p.delivered == [] and p.asked == [] and p.link.sent == []
+    p.handle(1, wire.pack_state_request(node_id=1, schema_hash=HASH))
+    assert p.asked == [1]  # the genuine request goes to the state server
+
+
+def test_duplicates_are_dropped_and_new_updates_delivered_once():
+    p = Parts()
+    for frame in (update(1, 0), update(1, 1), update(1, 0), update(2, 0), update(1, 1)):
+        p.handle(1 if wire.unpack(frame, LIMITS).node_id == 1 else 2, frame)
+    assert [(u.node_id, u.seq) for u in p.delivered] == [(1, 0), (1, 1), (2, 0)]
+    assert p.counters.duplicates == 2 and not p.counters.rejected
+    assert p.link.sent == []  # a full mesh relays nothing
+
+
+def test_relay_readdresses_to_the_other_neighbours_only():
+    p = Parts(neighbours=(1, 2, 3), relay=True)
+    p.handle(1, update(2, 4, via=1))  # origin 2's update, relayed to us by 1
+    assert [(u.node_id, u.seq) for u in p.delivered] == [(2, 4)]
+    assert [n for n, _ in p.link.sent] == [3]  # not back to the sender, nor to the origin
+    out = wire.unpack(p.link.sent[0][1], LIMITS)
+    assert (out.node_id, out.seq, out.from_id, out.hops) == (2, 4, 0, 2)
+    assert torch.equal(out.values, p.delivered[0].values)
+    assert p.counters.updates_sent == 1
+    p.handle(3, update(2, 4, via=3))  # the same update around the cycle: a duplicate, not relayed
+    p.handle(3, update(0, 0, via=3))  # our own update coming back: dropped silently
+    assert len(p.link.sent) == 1 and p.counters.duplicates == 1 and not p.counters.rejected
+
+
+def test_a_different_model_is_fatal_and_updates_wait_while_catching_up():
+    p = Parts()
+    hello = dict(node_id=1, config_hash="ours", address="tcp://x:1", epochs=1)
+    p.handle(1, wire.pack_hello(schema_hash=HASH, **hello))
+    assert p.fatal == []
+    p.handle(1, wire.pack_hello(schema_hash=HASH + 1, **hello))
+    assert len(p.fatal) == 1 and "different model" in str(p.fatal[0])
+    p.catchup.active = True
+    p.handle(1, update(1, 0))
+    assert p.delivered == [] and p.counters.skipped_before_state == 1
+
+
+# ---------------------------------------------------------------- membership
+
+
+def test_two_phase_finish():
+    p = Parts(neighbours=(1, 2, 3))
+    p.membership.training_done(last_seq=4)
+    done = wire.unpack(p.link.sent[-1][1], LIMITS)
+    assert isinstance(done, wire.Done) and (done.last_seq, done.complete) == (4, False)
+    p.done(1, -1)
+    p.done(2, 1)  # two updates of peer 2 still to come
+    p.done(3, -1)
+    assert not p.finished
+    p.handle(2, update(2, 0))
+    assert not p.finished
+    p.handle(2, update(2, 1))
+    assert p.finished == [True]  # FINISHED to the thread, once
+    complete = wire.unpack(p.link.sent[-1][1], LIMITS)
+    assert isinstance(complete, wire.Done) and complete.complete and complete.last_seq == 4
+    assert not p.ledger.all_complete()
+    for peer in (1, 2, 3):
+        p.done(peer, -1 if peer != 2 else 1, complete=True)
+    assert p.ledger.all_complete()
+    stop = threading.Event()
+    asyncio.run(asyncio.wait_for(p.membership.linger(stop, finish_s=60), 2))  # returns at once
+    p.membership.heartbeat(p.clock())
+    assert wire.unpack(p.link.sent[-1][1], LIMITS) == wire.Done(node_id=0, last_seq=4, complete=True)  # repeated
+
+
+def test_a_silent_peer_is_marked_down_and_not_waited_for():
+    p = Parts(neighbours=(1, 2, 3))
+    p.membership.training_done(last_seq=-1)
+    p.done(1, -1)
+    p.done(2, -1)
+    p.clock.advance(SILENCE - 1)
+    assert p.membership.check_down(p.clock()) == [] and not p.finished
+    p.handle(1, wire.pack_heartbeat(node_id=1, step=0, epoch=0))
+    p.handle(2, wire.pack_heartbeat(node_id=2, step=0, epoch=0))
+    p.clock.advance(2)
+    assert p.membership.check_down(p.clock()) == [3]  # silent for SILENCE + 1 s
+    assert p.ledger.views[3].down and p.finished == [True]
+
+
+def test_lost_updates_are_given_up_after_the_silence():
+    p = Parts()
+    p.membership.training_done(last_seq=-1)
+    p.done(1, -1)
+    p.membership.on_done(wire.Done(node_id=3, last_seq=-1, complete=False))  # heard through a relay
+    p.handle(2, update(2, 0))
+    p.done(2, 3)  # seqs 1..3 were lost on the way
+    p.membership.heartbeat(p.clock.advance(SILENCE - 1))
+    assert p.counters.updates_lost == 0 and not p.finished
+    p.membership.heartbeat(p.clock.advance(2))
+    assert p.counters.updates_lost == 3 and p.finished == [True]
+    repeated = [wire.unpack(d, LIMITS) for _, d in p.link.sent]
+    assert sum(isinstance(m, wire.Done) and not m.complete for m in repeated) >= 2 * 2  # said again
+
+
+# ---------------------------------------------------------------- catching up
+
+
+def test_pick_source_wants_a_full_epoch_or_a_quarter_after_a_resume():
+    steps = {1: 130, 2: 90}
+    assert pick_source(20, steps, {1, 2}, 100, resume=False) == 1
+    assert pick_source(40, steps, {1, 2}, 100, resume=False) is None
+    assert pick_source(100, steps, {1, 2}, 100, resume=True) == 1
+    assert pick_source(0, steps, {2}, 100, resume=False) is None  # only heard neighbours count
+
+
+def fake_worker(numel: int = NUMEL, steps_per_epoch: int = 10) -> SimpleNamespace:
+    trainer = SimpleNamespace(flat=torch.zeros(numel), steps_per_epoch=steps_per_epoch, step_count=0)
+    return SimpleNamespace(trainer=trainer, feedback=SimpleNamespace(residual=torch.ones(numel)),
+                           applied=Ledger(0, PEERS, 0.0), progress=Progress(), start_epoch=0, start_step=0)
+
+
+def test_catch_up_adopts_the_state_from_chunks():
+    p = Parts()
+    source = torch.arange(NUMEL, dtype=torch.float32)
+    chunks = [wire.unpack(c, LIMITS) for c in wire.pack_state_chunks(
+        source, node_id=1, seq=7, step=25, epoch=2, schema_hash=HASH, chunk_bytes=64)]
+    assert len(chunks) > 1
+    p.handle(1, update(1, 2))  # heard before the state
+    p.catchup.active, p.catchup.source = True, 1
+    for c in chunks[:-1]:
+        p.catchup.offer(1, c)
+        p.catchup.offer(2, c)  # not the neighbour asked: ignored
+    assert not p.catchup.complete()
+    p.catchup.offer(1, chunks[-1])
+    assert p.catchup.complete()
+    w = fake_worker()
+    queued = [wire.unpack(update(1, 5), LIMITS), StateAsked(2)]
+    keep = p.catchup.adopt(w, queued)
+    assert keep == [StateAsked(2)] and p.counters.skipped_before_state == 1
+    assert torch.equal(w.trainer.flat, source) and not w.feedback.residual.any()
+    assert (w.start_epoch, w.start_step, w.progress.global_step, w.trainer.step_count) == (2, 5, 25, 25)
+    assert p.ledger.views[1].floor == 8  # the source's own updates up to its seq are in the state
+    assert w.applied.views[1].floor == 8  # and the worker will never fold them in
+    p.catchup.first_seen(2, 6)  # peer 2 unheard so far: its first seq sets the floor
+    assert p.ledger.views[2].floor == 6
+    p.catchup.first_seen(2, 9)
+    assert p.ledger.views[2].floor == 6  # only the first one
+
+
+def test_state_server_answers_through_whoever_owns_the_model():
+    answered: list[int] = []
+    worker = SimpleNamespace(state_lock=threading.Lock(), answer_state=answered.append)
+    bridge = SimpleNamespace(items=[], to_thread=lambda item: bridge.items.append(item),
+                             drain=lambda: [bridge.items.pop(0) for _ in list(bridge.items)])
+    server = StateServer(worker, bridge)
+    server.asked(1)  # no thread yet: the loop answers at once
+    assert answered == [1] and bridge.items == []
+    server.thread_starts()
+    server.asked(2)
+    assert answered == [1] and bridge.items == [StateAsked(2)]  # the thread answers between batches
+    bridge.items.append(FINISHED)
+    server.thread_ended()  # what the thread left is answered here
+    assert answered == [1, 2] and bridge.items == []
+    server.asked(3)
+    assert answered == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- the loop never waits for a batch
+
+
+class TimedLink(MemoryLink):
+    def __init__(self, neighbours) -> None:
+        super().__init__(neighbours)
+        self.links = dict.fromkeys(self.neighbours)
+        self.epoch = 0
+        self.beats: list[float] = []
+
+    def send(self, nbr: int, data: bytes) -> bool:
+        if isinstance(wire.unpack(data, self.limits), wire.Heartbeat):
+            self.beats.append(time.monotonic())
+        return super().send(nbr, data)
+
+
+@pytest.mark.parametrize("blocking", [False, True], ids=["bridge", "old_lock_in_loop"])
+def test_a_state_request_during_a_long_batch_does_not_stall_heartbeats(data_root, tmp_path, blocking):
+    from gossip.runtime import factory
+    from gossip.runtime.node import Peer
+    from gossip.training.data import load_dataset
+    from gossip.training.partition import partition
+    from gossip.training.trainer import set_threads
+
+    set_threads(1)
+    cfg = config.load(None, ["peers=2", "model.name=mnist_tiny", "data.limit_train=512", "data.limit_test=64",
+                             "train.batch_size=32", "train.epochs=1", "dashboard.interval_s=0.1",
+                             "timeouts.silence_s=60"])
+    dataset = load_dataset(cfg.data)
+    shards = partition(dataset.train.labels, cfg.peers, cfg.data, cfg.seed)
+    long_batch, batch_over = threading.Event(), threading.Event()
+
+    async def main():
+        peer = Peer(cfg, 0, tmp_path)
+        peer.bridge = bridge = Bridge(asyncio.get_running_loop())
+        worker = factory.build_worker(cfg, 0, dataset, shards[0], bridge)
+        real = worker.train_batch
+
+        def train_batch(x, y, step):
+            if step == 2:  # inside Worker.run's state_lock, as every batch
+                long_batch.set()
+                time.sleep(3.0)
+                batch_over.set()
+            return real(x, y, step)
+
+        worker.train_batch = train_batch
+        link = TimedLink([1])
+        link.limits = wire.Limits(numel=worker.layout.numel, schema_hash=worker.layout.schema_hash,
+                                  max_bytes=1 << 26, peers=2)
+        peer.assemble(worker, bridge, link)
+        if blocking:  # what the loop did before: answer under the training lock, from the loop
+            def asked(requester):
+                with worker.state_lock:
+                    worker.answer_state(requester)
+            peer.dispatcher.ask_state = asked
+        peer.states.thread_starts()
+        tasks = [asyncio.create_task(peer._tick()), asyncio.create_task(peer._outbox())]
+        train = asyncio.create_task(asyncio.to_thread(worker.run))
+        await asyncio.to_thread(long_batch.wait, 10)
+        t0 = time.monotonic()
+        peer.dispatcher.handle(1, [wire.pack_state_request(node_id=1, schema_hash=worker.layout.schema_hash)])
+        await asyncio.to_thread(batch_over.wait, 10)
+        await asyncio.sleep(1.2)
+        t1 = time.monotonic()
+        bridge.stop.set()
+        await train
+        for task in tasks:
+            task.cancel()
+        return link, t0, t1
+
+    link, t0, t1 = asyncio.run(main())
+    before = max((b for b in link.beats if b <= t0), default=t0)
+    points = [before, *(b for b in link.beats if t0 < b <= t1), t1]
+    gap = max(b - a for a, b in zip(points, points[1:], strict=False))
+    chunks = [wire.unpack(d, link.limits) for n, d in link.sent if n == 1]
+    assert any(isinstance(c, wire.StateChunk) for c in chunks)  # the request was answered, after the batch
+    if blocking:
+        assert gap > 2.0  # the harness sees a stalled loop
+    else:
+        assert gap < 1.5, f"heartbeats stalled for {gap:.2f} s while a batch held the training lock"
