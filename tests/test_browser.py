@@ -167,6 +167,41 @@ def start_dashboard(cfg_file: Path, tmp_path: Path) -> tuple[subprocess.Popen[st
     return proc, line.split()[1]
 
 
+RATES_JS = """(() => ({
+  ts: document.body.dataset.swarmTs, bps: Number(document.body.dataset.swarmBps),
+  header: document.getElementById('swarm-bps').textContent,
+  chartTs: document.body.dataset.chartTs, chartBps: Number(document.body.dataset.chartBps),
+  edges: [...document.querySelectorAll('#topology .edge')].map((e) => Number(e.dataset.bps)),
+  labels: [...document.querySelectorAll('#topology .edge-label')].map((e) => e.textContent),
+}))()"""
+PREFIX = {"": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+def parse_rate(text: str) -> float:
+    value, unit = text.split()
+    assert unit.endswith("b/s"), text
+    return float(value) * PREFIX[unit[:-3]]
+
+
+async def rates_match_the_snapshot(browser: Browser, session: aiohttp.ClientSession, url: str) -> None:
+    """Header, edge labels and chart show the figure /api/snapshot gives for the same sample."""
+    deadline = time.monotonic() + 20
+    while True:
+        async with session.get(url + "api/snapshot") as resp:
+            snap = await resp.json()
+        page = await browser.evaluate(RATES_JS)
+        swarm = snap["swarm"]
+        if swarm["sample_ts"] is not None and swarm["bps"] > 0 and page["ts"] == str(swarm["sample_ts"]):
+            break  # the page shows the same sample as the API (they advance once a second)
+        assert time.monotonic() < deadline, f"page never showed the API's sample: {page} vs {swarm}"
+        await asyncio.sleep(0.05)
+    assert page["bps"] == swarm["bps"] == sum(page["edges"]) == page["chartBps"]
+    assert page["chartTs"] == page["ts"]
+    assert abs(parse_rate(page["header"]) - swarm["bps"]) <= 0.005 * swarm["bps"], page["header"]
+    labelled = sum(parse_rate(t) for t in page["labels"])  # 3 significant digits per label
+    assert abs(labelled - swarm["bps"]) <= 0.005 * swarm["bps"], page["labels"]
+
+
 def check_png(shot: bytes) -> None:
     assert shot[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(shot[16:20], "big"), int.from_bytes(shot[20:24], "big")
@@ -192,6 +227,7 @@ def test_page_shows_a_live_fake_swarm(chromium: str, tmp_path: Path) -> None:
                 live = await browser.wait_for(
                     SWARM_STATE_JS, lambda v: v["training"] == 4 and v["edgeBps"] > 0 and v["headerTraining"] == 4, 30)
                 assert live["cards"] == 4 and live["foreign"] == []
+                await rates_match_the_snapshot(browser, session, url)
                 await browser.wait_for("document.querySelectorAll('#acc-chart').length", bool, 5)
                 await asyncio.sleep(3)  # a few chart points and an evaluation for a useful picture
                 check_png(await browser.screenshot(tmp_path / "dashboard-fake.png"))

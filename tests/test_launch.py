@@ -131,7 +131,7 @@ def test_sigterm_to_the_launcher_stops_every_peer(data_root, tmp_path):
 
         _wait_for(lambda: all(training(i) for i in range(2)), 120, "both peers to meet and train")
         launcher.send_signal(signal.SIGTERM)
-        _, err = launcher.communicate(timeout=30)
+        out, err = launcher.communicate(timeout=30)
     finally:
         if launcher.poll() is None:  # the test failed: do not leave the swarm behind
             for child in psutil.Process(launcher.pid).children(recursive=True):
@@ -142,5 +142,8 @@ def test_sigterm_to_the_launcher_stops_every_peer(data_root, tmp_path):
     assert not alive, f"peers outlived the launcher: {[p.pid for p in alive]}"
     result = json.loads((run_dir / "result.json").read_text())
     assert result["interrupted"] is True and result["signal"] == "SIGTERM"
+    assert result["finished_peers"] == 0 and result["failed"] == {}  # stopped peers did not finish
+    # the summary line is printed after a stop too, and says what happened
+    assert out.startswith("swarm of 2, 0 finished, interrupted by SIGTERM (continue with --resume): "), out
     events = [json.loads(line)["event"] for line in (run_dir / "launch.jsonl").read_text().splitlines()]
     assert "launch_interrupted" in events and events[-1] == "launch_end"

@@ -47,3 +47,22 @@ def test_an_error_in_the_run_restores_the_sink_too(tmp_path: Path) -> None:
     assert [e["event"] for e in _events(inner)] == ["update_rejected"]
     [event] = _events(outer)
     assert event["event"] == "still_here" and event["peer_id"] == 1
+
+
+def test_every_event_name_is_logged_at_one_level():
+    """An event means one thing, so it has one level: filtering on ``level`` never splits an event."""
+    import ast
+    from collections import defaultdict
+    from pathlib import Path
+
+    levels: dict[str, set[str]] = defaultdict(set)
+    for path in (Path(__file__).resolve().parents[1] / "gossip").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("debug", "info", "warning", "error", "critical")
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "log"
+                    and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                levels[node.args[0].value].add(node.func.attr)
+    assert len(levels) > 50  # the scan sees the package's events
+    mixed = {name: sorted(lv) for name, lv in levels.items() if len(lv) > 1}
+    assert not mixed, f"events logged at more than one level: {mixed}"

@@ -76,11 +76,27 @@ class CommunicationConfig:
     # Measured (MNIST CNN, 4 peers, 2 epochs, base lr 0.05): x1 98.88%, x2 99.08%, x2.6 99.22%,
     # x4 97.08% (README, "The swarm's step size").
     lr_scale: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    # The same optimisation problem as the centralized arm: train.batch_size is the swarm's global
+    # batch, each peer steps on batch_size / peers (so a swarm epoch takes as many steps as a
+    # centralized one, and averaging N peers' deltas is one step of the global batch).
+    global_batch: bool = False
+    # The learning rate for the swarm's effective batch (peers x per-peer batch) against
+    # train.batch_size: "linear" (Goyal et al.) multiplies train.lr by that ratio, "sqrt" by its
+    # square root, "none" leaves it; the schedule's warm-up applies either way. Multiplies lr_scale.
+    lr_rule: Literal["none", "linear", "sqrt"] = "none"
+    # BatchNorm running mean/var stay per peer while the weights are averaged: re-estimate them for
+    # the final weights on this many local batches before the final evaluation (0: off)
+    bn_recalibrate_batches: int = field(default=0, metadata=_range(0))
     # "local": a peer keeps its own full steps, so its model is the swarm's average plus its own
     # unsent residual (local SGD with compressed averaging). "exact": a peer's model moves only by
     # compressed updates, so every model is the same up to in-flight messages (DGC-style); it
     # trained worse in our MNIST runs (README, "Consensus").
     consensus: Literal["exact", "local"] = "local"
+    # Bounded influence of any one update, whatever the policy (gossip.aggregation.bound): an
+    # update whose L2 norm exceeds norm_bound x the running median of accepted update norms (its
+    # sender's and the swarm's, our own included) is rejected and counted as "norm_bound".
+    # 0: off. A dimensionless factor; honest updates of one run vary by well under 3x.
+    norm_bound: float = field(default=8.0, metadata=_range(0.0))
 
 
 @dataclass(frozen=True)
@@ -161,10 +177,28 @@ class DashboardConfig:
 @dataclass(frozen=True)
 class SecurityConfig:
     max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=_range(1024))
-    curve: bool = False  # CurveZMQ: encrypted links, only the peers' keys accepted (gossip.runtime.curve)
+    # CurveZMQ: encrypted links, only the peers' keys accepted, a sender is whose key signed its
+    # frames (gossip.runtime.curve). gossip.launch makes the keys (RUN_DIR/keys) when curve_keys has none
+    curve: bool = True
     curve_keys: str = "keys"  # folder with every peer-<i>.key and this peer's peer-<i>.key_secret
+    # run without keys on a non-loopback address (anyone who reaches a port can claim to be any
+    # peer); without it such a peer refuses to start. On loopback a peer without keys runs
+    # insecure anyway, with one security_off warning (tests, demos)
+    insecure: bool = False
+    # where a peer's telemetry PUB socket listens: "loopback" (127.0.0.1 only: telemetry has no
+    # key, so only this host's observers read it) or "host" (its topology.hosts address, for a
+    # dashboard on another machine; anyone who reaches the port reads the snapshots)
+    telemetry: Literal["loopback", "host"] = "loopback"
     attack: Literal["none", "sign_flip", "gaussian", "inflated_confidence", "stale_replay"] = "none"
     attackers: tuple[int, ...] = ()
+    # Per-sender rate limits for every message kind (gossip.runtime.ratelimit): token buckets per
+    # (sender, kind), checked before any expensive work; excess frames are dropped and counted as
+    # rate_limited. rate_scale multiplies every kind's rate and burst (0: no limits).
+    rate_scale: float = field(default=1.0, metadata=_range(0.0))
+    # seconds between two answers to one requester's StateRequests (each is the whole model)
+    state_answer_interval_s: float = field(default=5.0, metadata=_range(0.0))
+    # update_rejected: one line per reason per interval (seconds) with a count; 0: one per frame
+    reject_log_interval_s: float = field(default=5.0, metadata=_range(0.0))
 
 
 @dataclass(frozen=True)
@@ -186,6 +220,9 @@ class ExperimentConfig:
     dashboard: bool = False  # start the web dashboard for swarm arms
     # one swarm run per value: {"link.bandwidth": ("10Gbps", "1Mbps"), "partition": ("dirichlet:0.1",)}
     sweeps: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    # overrides for the swarm and sweep arms only (the centralized arms keep the config as it is):
+    # {"train.lr": 0.1, "codec.density": 0.003}; any config key, checked like a command-line override
+    swarm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ The ``experiment:`` mapping of the config (every key optional)::
       match_tolerance_pts: 0.5      # the swarm "matches" if within this many accuracy points
       ensemble: true                # score the ensemble vote and the consensus model
       dashboard: false              # start the web dashboard for swarm arms
+      swarm:                        # swarm-only overrides (swarm and sweep arms), any config key
+        train.lr: 0.1
       sweeps:                       # one swarm run per value, everything else as in the swarm arm
         link.bandwidth: [10Gbps, 100Mbps]
         codec.density: [0.001, 0.1]
@@ -26,8 +28,10 @@ The ``experiment:`` mapping of the config (every key optional)::
         partition: [iid, "dirichlet:0.5", "dirichlet:0.1"]   # also "shards:2"
         topology.kind: [full, ring]
 
-Sweep keys are config keys (``section.key``) or ``partition``. Overrides on the command line
-work for experiment keys too: ``experiment.seeds=[0]``.
+Sweep keys are config keys (``section.key``, any of them: ``train.lr``, ``train.batch_size``,
+``codec.density``, ``communication.sync_interval`` ...) or ``partition``; a sweep's rows appear in the
+report as a small table and a plot per key. Overrides on the command line work for experiment keys
+too: ``experiment.seeds=[0]``.
 """
 
 from __future__ import annotations
@@ -58,32 +62,43 @@ class Settings:
     ensemble: bool
     dashboard: bool
     sweeps: dict[str, list[Any]]
+    swarm: dict[str, Any] = dataclasses.field(default_factory=dict)  # nested overrides of the swarm arms
 
 
 def settings_from(cfg: Config) -> Settings:
     """Resolve ``cfg.experiment`` (already typed and range-checked by the config loader) and check
     what spans the whole config: known models, and that every sweep value makes a valid config."""
+    from gossip.config.loader import is_import_path
     from gossip.training.models import MODELS
 
     exp = cfg.experiment
     models = {}
     for key in ("large_model", "small_model"):
         name = getattr(exp, key) or cfg.model.name
-        if name not in MODELS:
+        if name not in MODELS and not is_import_path(name):
             raise ConfigError(f"experiment.{key}: unknown model {name!r} (known: {', '.join(sorted(MODELS))})")
         models[key] = name
     seeds = exp.seeds or (cfg.seed,)
+    swarm: dict[str, Any] = {}
+    for key, value in exp.swarm.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key) or key.startswith("experiment"):
+            raise ConfigError(f"experiment.swarm.{key}: not a config key")
+        swarm = _merge(swarm, _nest(key, value))
+        try:
+            config_mod.replace(cfg, swarm)
+        except ConfigError as exc:
+            raise ConfigError(f"experiment.swarm.{key}: {exc}") from None
     for key, values in exp.sweeps.items():
         if not values:
             raise ConfigError(f"experiment.sweeps.{key}: expected a non-empty list of values, got []")
         for value in values:  # every value must make a valid config
             try:
-                config_mod.replace(cfg, sweep_overrides(key, value))
+                config_mod.replace(cfg, _merge(swarm, sweep_overrides(key, value)))
             except ConfigError as exc:
                 raise ConfigError(f"experiment.sweeps.{key}: {value!r}: {exc}") from None
     return Settings(models["large_model"], models["small_model"], tuple(exp.arms), seeds,
                     exp.sweep_seeds or seeds[:1], exp.target_accuracy, exp.match_tolerance_pts,
-                    exp.ensemble, exp.dashboard, {k: list(v) for k, v in exp.sweeps.items()})
+                    exp.ensemble, exp.dashboard, {k: list(v) for k, v in exp.sweeps.items()}, swarm)
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:
@@ -148,8 +163,8 @@ def plan(cfg: Config, s: Settings) -> list[dict[str, Any]]:
         arms.append({"name": name, "group": group, "role": role, "seed": seed, "dir": folder, "kind": kind,
                      "sweep": sweep, "config": arm_cfg})
 
-    swarm = {"model": {"name": s.small_model}, "checkpoint": {"save_final": True},
-             "dashboard": {"enabled": s.dashboard}}
+    swarm = _merge(s.swarm, {"model": {"name": s.small_model}, "checkpoint": {"save_final": True},
+                             "dashboard": {"enabled": s.dashboard}})
     for seed in s.seeds:
         if "large" in s.arms:
             add("large", "large", seed, {"model": {"name": s.large_model}}, None)

@@ -26,6 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from gossip.experiments import sweeps
+
 PLOTS = {
     "accuracy_vs_epoch": "accuracy vs epoch (every arm; band: ± std over peers)",
     "accuracy_vs_mb": "accuracy vs MB communicated (cumulative, all peers)",
@@ -258,8 +260,14 @@ def write(out: Path, run: dict[str, Any], summary: dict[str, Any], settings: dic
           "averaged into one model. MB/epoch: wire bytes of all peers per epoch. Wall: whole run, start-up "
           "included. Time to target: training seconds until the end of the first epoch whose (mean) test "
           "accuracy reaches it (swarm epochs before the last are scored on the first 2000 test samples). "
-          "Compression: dense fp32 bytes of the same updates / wire bytes. See gossip/report.py.", ""]
-    md += ["## Plots", ""] + [line for p in plots for line in (f"![{PLOTS[p[:-4]]}]({p})", "")]
+          "Compression: dense fp32 bytes of the same updates / wire bytes. See gossip/experiments/report.py.", ""]
+    sweep_lines = sweeps.tables(summary["rows"])
+    if sweep_lines:
+        md += ["## Sweeps", "", *sweep_lines]
+        sweep_plots = sweeps.plot(summary["rows"], out)
+        md += [line for p in sweep_plots for line in (f"![{p[:-4]}]({p})", "")]
+        plots = plots + sweep_plots
+    md += ["## Plots", ""] + [line for p in plots if p[:-4] in PLOTS for line in (f"![{PLOTS[p[:-4]]}]({p})", "")]
     md += ["## Arms", "", "| arm | seed | folder | complete |", "|---|---|---|---|"]
     md += [f"| {a['group']} | {a['seed']} | {Path(a['dir']).name} | {'yes' if a['complete'] else 'no'} |"
            for a in run["arms"]]

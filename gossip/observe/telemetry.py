@@ -1,8 +1,9 @@
 """Peer telemetry: one JSON snapshot at a time on a ZeroMQ PUB socket.
 
-Each peer binds ``tcp://<its host>:<dashboard.telemetry_port + peer_id>`` and
-publishes a snapshot every ``dashboard.interval_s`` and on state changes. Anyone
-may subscribe (the dashboard does); nobody has to. The socket is tuned so that
+Each peer binds ``tcp://<its host>:<dashboard.telemetry_port + peer_id>`` (on 127.0.0.1 only
+under the default ``security.telemetry: loopback``: snapshots carry no key) and publishes a
+snapshot every ``dashboard.interval_s`` and on state changes. Anyone who reaches the port may
+subscribe (the dashboard does); nobody has to. The socket is tuned so that
 telemetry can never slow training down:
 
 * ``publish`` sends with ``zmq.NOBLOCK``; when the send queue is full the
@@ -88,6 +89,14 @@ def telemetry_endpoint(cfg: Config, peer_id: int) -> str:
     return f"tcp://{host}:{cfg.dashboard.telemetry_port + peer_id}"
 
 
+def bind_endpoint(cfg: Config, peer_id: int) -> str:
+    """What the publisher binds: :func:`telemetry_endpoint`, or its port on 127.0.0.1 under
+    ``security.telemetry: loopback`` (the default: telemetry has no key, so only this host reads it)."""
+    if cfg.security.telemetry == "loopback":
+        return f"tcp://127.0.0.1:{cfg.dashboard.telemetry_port + peer_id}"
+    return telemetry_endpoint(cfg, peer_id)
+
+
 def _finite(value: Any) -> Any:
     """JSON has no NaN/inf (browsers reject them): replace with null, recursively."""
     if isinstance(value, float):
@@ -171,7 +180,7 @@ class TelemetryPublisher:
         self._closed = False
         self.bound = True
         try:
-            self._sock.bind(self.endpoint)
+            self._sock.bind(bind_endpoint(cfg, peer_id))
         except zmq.ZMQError as exc:
             self._closed, self.bound = True, False
             self._sock.close(0)

@@ -8,6 +8,7 @@ data and picks threads and device) and by the in-process benches and tests.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from gossip.runtime.worker import Worker
 from gossip.training.data import Dataset, Split, load_dataset
 from gossip.training.models import build_model, count_params
 from gossip.training.partition import label_histogram, partition
+from gossip.training.recipe import swarm_step
 from gossip.training.trainer import Trainer, resolve_device, set_threads
 
 log = get_logger(__name__)
@@ -33,8 +35,10 @@ def build_worker(cfg: Config, peer_id: int, dataset: Dataset, shard: torch.Tenso
     model = build_model(cfg.model.name, dataset.num_classes, dataset.train.images.shape[1],
                         sample=dataset.train.images[:2])
     split = Split(dataset.train.images[shard], dataset.train.labels[shard])
-    trainer = Trainer(cfg, model, split, dataset, device=device or torch.device("cpu"),
-                      seed=cfg.seed * 1000 + peer_id, lr_scale=cfg.communication.lr_scale)
+    step = swarm_step(cfg)  # the per-peer batch and learning rate (training/recipe.py)
+    local = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=step.batch_size))
+    trainer = Trainer(local, model, split, dataset, device=device or torch.device("cpu"),
+                      seed=cfg.seed * 1000 + peer_id, lr_scale=step.lr_factor)
     return Worker(cfg, peer_id, trainer, dataset, bridge, Layout.from_shapes(trainer.layout))
 
 

@@ -23,6 +23,7 @@ class Progress:
     updates_originated: int = 0
     updates_applied: int = 0
     updates_rejected_by_policy: int = 0
+    rejected_by_policy: dict[str, int] = field(default_factory=dict)  # by reason (norm_bound, aggregation_policy)
     raw_bytes_originated: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     applied_by_origin: dict[int, int] = field(default_factory=dict)  # folded-in updates per originator
@@ -31,6 +32,7 @@ class Progress:
         return {
             "updates_originated": self.updates_originated, "updates_applied": self.updates_applied,
             "updates_rejected_by_policy": self.updates_rejected_by_policy,
+            "rejected_by_policy": dict(self.rejected_by_policy),
             "applied_by_origin": dict(self.applied_by_origin), "history": list(self.history),
             "test_accuracy": self.test_accuracy,
         }
@@ -39,6 +41,7 @@ class Progress:
         self.updates_originated = int(state["updates_originated"])
         self.updates_applied = int(state["updates_applied"])
         self.updates_rejected_by_policy = int(state["updates_rejected_by_policy"])
+        self.rejected_by_policy = {str(k): int(v) for k, v in state.get("rejected_by_policy", {}).items()}
         self.applied_by_origin = {int(k): int(v) for k, v in state["applied_by_origin"].items()}
         self.history = list(state["history"])
         self.test_accuracy = state["test_accuracy"]

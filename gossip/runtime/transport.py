@@ -3,7 +3,8 @@
 Sockets (all owned by the asyncio loop, ``zmq.asyncio``):
 
 * one ROUTER **inbox** per peer, bound at :func:`gossip.runtime.topology.inbox_address`; the
-  routing identity of each frame says which neighbour sent it (``b"p<id>"``);
+  sender of a frame is whose key signed it under CURVE (:func:`gossip.runtime.curve.recv_signed`),
+  else the routing identity it announces (``b"p<id>:<random>"``, self-declared);
 * one DEALER per neighbour, connected to that neighbour's inbox, fed by its own queue
   and task so a slow or dead neighbour never delays the others; a monitor says whether its
   connection is up.
@@ -12,7 +13,8 @@ Socket options, on purpose: ``MAXMSGSIZE`` (the inbox drops any peer that sends 
 over ``security.max_message_bytes``, before we parse a byte), ``SNDHWM`` (:data:`SOCKET_HWM`
 messages or fragments: ZeroMQ holds little, so ``bytes_sent`` is close to what left the
 process), ``RCVHWM``, ``LINGER`` (a graceful stop gets ``LINGER_S`` to flush), and
-``ROUTER_HANDOVER`` (a restarted peer takes over its identity).
+no ``ROUTER_HANDOVER`` (an identity is never handed to a second connection: each DEALER
+announces a fresh random suffix, so a restarted peer does not collide with its old connection).
 
 Shaping (:mod:`gossip.runtime.shaper`): a message longer than the link's burst is cut into
 fragments (:mod:`gossip.runtime.fragment`), each waits for its wire bytes' tokens, then for
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import random
 import struct
 import time
@@ -73,8 +76,10 @@ def identity(peer_id: int) -> bytes:
 
 
 def parse_identity(raw: bytes) -> int | None:
-    if raw[:1] == b"p" and raw[1:].isdigit() and len(raw) < 8:
-        return int(raw[1:])
+    """The peer a routing identity ``p<id>`` or ``p<id>:<suffix>`` names (self-declared), or None."""
+    head = raw.split(b":", 1)[0]
+    if head[:1] == b"p" and head[1:].isdigit() and len(head) < 8:
+        return int(head[1:])
     return None
 
 
@@ -140,6 +145,7 @@ class Transport:
         self._keys: curve.Keys | None = None  # security.curve: this peer's keys (gossip.runtime.curve)
         self._auth: Any = None  # and the ZAP handler that checks every client's key
         self.inbox_resets = 0  # inbox connections cut: a frame over max_message_bytes, or a peer gone
+        self.on_refused: curve.OnRefused = lambda reason, peer, detail: None  # the node counts them (curve)
 
     # ------------------------------------------------------------ startup
     async def start(self) -> None:
@@ -148,10 +154,9 @@ class Transport:
             Path(address[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)
         self._keys = curve.load(self.cfg, self.peer_id) if self.cfg.security.curve else None
         inbox = self.ctx.socket(zmq.ROUTER)
-        self._auth = curve.secure_inbox(self.ctx, inbox, self._keys) if self._keys else None
+        self._auth = curve.secure_inbox(self.ctx, inbox, self._keys, self.on_refused) if self._keys else None
         inbox.setsockopt(zmq.MAXMSGSIZE, self.cfg.security.max_message_bytes)
         inbox.setsockopt(zmq.RCVHWM, 4 * SEND_QUEUE)
-        inbox.setsockopt(zmq.ROUTER_HANDOVER, 1)
         inbox.setsockopt(zmq.LINGER, 0)
         try:
             inbox.bind(address)
@@ -162,7 +167,7 @@ class Transport:
             self.ctx.term()
             raise PeerError(
                 f"peer {self.peer_id} cannot listen on {address}: {exc.strerror} "
-                "(another peer with this id running? change topology.base_port)"
+                "(another peer with this id, or another program, holds it? change topology.base_port)"
             ) from None
         self.inbox = inbox
         self._monitor = inbox.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -175,14 +180,14 @@ class Transport:
 
     def _open_link(self, nbr: int) -> None:
         sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, identity(self.peer_id))
+        sock.setsockopt(zmq.IDENTITY, identity(self.peer_id) + b":" + os.urandom(6).hex().encode())
         sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
         sock.setsockopt(zmq.LINGER, int(LINGER_S * 1000))
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if self._keys is not None:
             curve.secure_link(sock, self._keys, nbr)
-        monitor = sock.get_monitor_socket(_EVENTS)
+        monitor = sock.get_monitor_socket(_EVENTS | curve.HANDSHAKE_FAILED)
         self._monitors.append(monitor)
         sock.connect(topology.inbox_address(self.cfg, nbr))
         link = Link(nbr, sock, self.shaper.bucket())
@@ -284,6 +289,8 @@ class Transport:
             elif event & zmq.EVENT_DISCONNECTED:
                 link.up = False
                 log.debug("link_down", peer=link.peer)
+            elif event & curve.HANDSHAKE_FAILED:
+                curve.handshake_failed(event, link.peer, frames[1].decode(errors="replace"), self.on_refused)
 
     async def _watch_inbox(self, monitor: zmq.asyncio.Socket) -> None:
         """Count cut inbox connections (ZeroMQ drops an oversized frame's sender before we see a byte)."""
@@ -313,11 +320,8 @@ class Transport:
         if self._keys is None:
             frames = await self.inbox.recv_multipart()
             sender = parse_identity(frames[0])
-        else:  # the sender is whose key signed the frame; a routing identity claiming another is refused
-            raw = await self.inbox.recv_multipart(copy=False)
-            claimed, signed = parse_identity(raw[0].bytes), curve.authenticated_sender(raw[-1])
-            sender = claimed if claimed == signed else None
-            frames = [f.bytes for f in raw]
+        else:  # whose key signed the frame, never the routing identity it announces
+            sender, frames = await curve.recv_signed(self.inbox, parse_identity, self.on_refused)
         payload = frames[1:]
         size = len(payload[-1]) if len(payload) == 2 else sum(len(f) for f in payload)  # not fragment headers
         link = self.links.get(sender) if sender is not None else None

@@ -32,6 +32,7 @@ import torch
 
 from gossip._proto import gossip_pb2 as pb
 from gossip.aggregation import Local, apply, make_policy
+from gossip.aggregation.bound import NormBound
 from gossip.config import Config
 from gossip.errors import CheckpointError
 from gossip.observe.log import get_logger
@@ -49,6 +50,7 @@ from gossip.runtime.bridge import (
 )
 from gossip.runtime.checkpoint import Checkpointer
 from gossip.runtime.ledger import Ledger
+from gossip.runtime.outcome import RejectLog
 from gossip.runtime.progress import Progress
 from gossip.runtime.trigger import FINAL, Trigger
 from gossip.sim import attacks
@@ -81,6 +83,9 @@ class Worker:
         self.trigger = Trigger(cfg.communication)
         self.policy = make_policy(cfg.communication)
         self.policy.bind_direction(self.feedback.residual)  # a robust policy judges updates by it
+        self.bound = NormBound(cfg.communication)  # whatever the policy: no one update decides the run
+        self.bound.bind(self.feedback.residual)
+        self.rejects = RejectLog(cfg.security.reject_log_interval_s)
         self.progress = Progress()
         self.start_epoch = start_epoch
         self.exact = cfg.communication.consensus == "exact"
@@ -186,6 +191,7 @@ class Worker:
         """Apply decoded neighbour updates; True when the loop said FINISHED among them."""
         finished = FINISHED in items
         updates = [u for u in items if isinstance(u, wire.DecodedUpdate) and self._first_fold(u)]
+        updates = self.bound.admit(updates, self._count_rejected)
         local = Local(step=self.progress.global_step, confidence=self.progress.confidence)
         rejected: list[wire.DecodedUpdate] = []
         with torch.no_grad():  # a windowed policy may buffer them, or close a window now
@@ -204,9 +210,11 @@ class Worker:
         by[update.node_id] = by.get(update.node_id, 0) + 1
         return True
 
-    def _count_rejected(self, update: wire.DecodedUpdate) -> None:
-        self.progress.updates_rejected_by_policy += 1
-        log.info("update_rejected", reason="aggregation_policy", node_id=update.node_id, seq=update.seq)
+    def _count_rejected(self, update: wire.DecodedUpdate, reason: str = "aggregation_policy") -> None:
+        p = self.progress
+        p.updates_rejected_by_policy += 1
+        p.rejected_by_policy[reason] = p.rejected_by_policy.get(reason, 0) + 1
+        self.rejects.note(reason, update.from_id, f"seq {update.seq}", node_id=update.node_id, seq=update.seq)
 
     def answer_state(self, requester: int) -> None:
         """Send ``requester`` what this peer has published: ``flat - residual`` (see gossip.runtime.catchup).
@@ -268,6 +276,7 @@ class Worker:
                                           from_id=self.peer_id)
                 apply(self.trainer.flat, mine, self.own_weight)
                 self.policy.observe_own(mine, self.trainer.flat.numel())  # clip keeps our final flush
+                self.bound.observe_own(mine)
         self.bridge.to_loop(Outgoing(self.seq, data, reason))
         self.seq += 1
         self.progress.updates_originated += 1
@@ -302,6 +311,11 @@ class Worker:
             self.policy.flush(self.trainer.flat, weight=self.mix)
         if self.policy.stats:  # what a robust policy dropped or limited
             log.info("robust_summary", policy=self.cfg.communication.aggregation, **self.policy.stats)
+        log.info("norm_bound_summary", factor=self.bound.factor, peak=round(self.bound.peak, 4), **self.bound.stats)
+        self.rejects.flush(force=True)
+        if self.cfg.communication.bn_recalibrate_batches:  # statistics for the averaged weights
+            layers = self.trainer.recalibrate_bn(self.cfg.communication.bn_recalibrate_batches)
+            log.info("bn_recalibrated", layers=layers, batches=self.cfg.communication.bn_recalibrate_batches)
         metrics = self.trainer.evaluate(self.dataset.test)
         self.progress.test_accuracy = metrics["accuracy"]
         self.progress.epoch = self.cfg.train.epochs
@@ -332,7 +346,7 @@ class Worker:
             "trainer": self.trainer.state_dict(), "feedback": self.feedback.state_dict(),
             "encoder": self.encoder.state_dict(), "trigger": self.trigger.state_dict(),
             "seq": self.seq, "adopted": list(self.adopted), "applied": self.applied.state_dict(),
-            "policy": self.policy.state_dict(),
+            "policy": self.policy.state_dict(), "bound": self.bound.state_dict(),
             "attack": self.attack.state_dict() if self.attack is not None else {},
             "progress": self.progress.state_dict(),
         }
@@ -354,6 +368,8 @@ class Worker:
             self.applied.load_state_dict(state["applied"])
             if state.get("policy"):
                 self.policy.load_state_dict(state["policy"])
+            if state.get("bound"):
+                self.bound.load_state_dict(state["bound"])
             if state.get("attack") and self.attack is not None:
                 self.attack.load_state_dict(state["attack"])
             pos, p = state["position"], self.progress

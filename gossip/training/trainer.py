@@ -249,6 +249,39 @@ class Trainer:
         """Softmax probabilities [N, classes] on CPU (for ensembles of peers)."""
         return torch.cat([logits.softmax(dim=1).cpu() for logits, _ in self._logits(split)])
 
+    def recalibrate_bn(self, batches: int) -> int:
+        """Re-estimate BatchNorm running statistics for the current weights; returns the layers reset.
+
+        A swarm averages weights but each peer's running mean/var were accumulated along its own
+        trajectory, on its own shard: after the final flush they no longer match the weights. This
+        forward-only pass (no gradient, no weight change) over ``batches`` local training batches
+        replaces them with the cumulative statistics of the final weights (``momentum=None``).
+        """
+        layers = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                  and m.track_running_stats]
+        if not layers or batches <= 0:
+            return 0
+        saved = [m.momentum for m in layers]
+        was_training = self.model.training
+        gen = torch.Generator().manual_seed(_mix(self.seed, 1 << 20))
+        order = torch.randperm(len(self.labels), generator=gen).to(self.device)
+        try:
+            for m in layers:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the recalibration batches
+            self.model.train()
+            with torch.no_grad(), self._autocast():
+                for i in range(min(batches, self.steps_per_epoch)):
+                    idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+                    if len(idx) == 0:
+                        break
+                    self.model(self._prepare(self.images[idx]))
+        finally:
+            for m, momentum in zip(layers, saved, strict=True):
+                m.momentum = momentum
+            self.model.train(was_training)
+        return len(layers)
+
     # ---- checkpoints ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import threading
 import numpy as np
 import torch
 
+from gossip.protocol.codec import kernel
 from gossip.protocol.codec.base import SELECTORS, Selector
 
 BLOCK = 1 << 18       # elements per scan block (1 MiB of fp32): fewer numpy calls; measured best
@@ -71,8 +72,17 @@ def concat_ranges(x: np.ndarray, ranges: np.ndarray) -> np.ndarray:
     return np.concatenate([x[s:e] for s, e in ranges]) if len(ranges) else np.zeros(0, np.float32)
 
 
-def _scan(residual: torch.Tensor, ranges: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, values) of every element with ``|x| >= threshold`` in ``ranges``."""
+def _scan(residual: torch.Tensor, ranges: np.ndarray, threshold: float,
+          expect: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, values) of every element with ``|x| >= threshold`` in ``ranges``.
+
+    On the CPU the compiled kernel (:mod:`gossip.protocol.codec.kernel`) does it in one
+    pass when it is available and about ``expect`` elements qualify; numpy otherwise.
+    """
+    if residual.device.type == "cpu" and expect > 0:
+        found = kernel.scan(_numpy(residual), ranges, threshold, 2 * expect + 1024)
+        if found is not None:
+            return found
     index_parts: list[np.ndarray] = []
     value_parts: list[np.ndarray] = []
     if residual.device.type != "cpu":  # accelerator: whole ranges at a time, then to the host
@@ -132,7 +142,7 @@ class SampledTopK(Selector):
             hits = min(sample.size, max(1, math.ceil(expected_hits * margin)))
             threshold = float(np.partition(sample, sample.size - hits)[sample.size - hits])
             threshold = max(threshold, float(np.finfo(np.float32).tiny))  # never select exact zeros
-            indices, values = _scan(residual, ranges, threshold)
+            indices, values = _scan(residual, ranges, threshold, math.ceil(k * margin))
             if indices.size >= LOW_COUNT * k or hits == sample.size:
                 break
             margin *= 2.0 * k / max(indices.size, k / 8)  # estimate was far too high: aim lower
