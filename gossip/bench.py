@@ -4,6 +4,7 @@
 codec      encode/decode throughput and wire size of the codecs (gossip.experiments.bench_codec)
 swarm      a swarm against the centralized baseline, end to end (gossip.experiments.bench_swarm)
 robust     robust aggregation against simulated attackers (gossip.experiments.bench_robust)
+shaper     the bandwidth cap on the wire in network namespaces (gossip.experiments.bench_shaper)
 =========  =====================================================================
 
 A subcommand is a module with ``main(argv: list[str] | None) -> int``; add one by
@@ -22,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "codec": ("gossip.experiments.bench_codec", "codec throughput and bytes on the wire"),
     "swarm": ("gossip.experiments.bench_swarm", "a swarm against the centralized baseline"),
     "robust": ("gossip.experiments.bench_robust", "robust aggregation against simulated attackers"),
+    "shaper": ("gossip.experiments.bench_shaper", "the bandwidth cap on the wire, second by second (root)"),
 }
 
 

@@ -10,6 +10,7 @@ swarm stopped halfway up the learning curve.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import yaml
 from ports import free_port_block
 
 from gossip import config
+from gossip.runtime import curve
 
 PEERS = 4
 BASE = {
@@ -38,6 +40,14 @@ def make_cfg(**extra: Any) -> config.Config:
     base = free_port_block(40)
     items = {**BASE, "topology.base_port": base, "dashboard.telemetry_port": base + 20, **extra}
     return config.load(None, [f"{k}={v}" for k, v in items.items()])
+
+
+def with_keys(run_dir: Path, cfg: config.Config) -> config.Config:
+    """``cfg`` with a CURVE key pair per peer in ``run_dir/keys`` (what gossip.launch does). Without
+    keys, peers started by hand on loopback run insecure (one ``security_off`` warning)."""
+    folder = run_dir / "keys"
+    curve.create(folder, cfg.peers)
+    return dataclasses.replace(cfg, security=dataclasses.replace(cfg.security, curve_keys=str(folder)))
 
 
 def write_cfg(run_dir: Path, cfg: config.Config) -> Path:

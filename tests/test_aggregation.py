@@ -10,6 +10,7 @@ import torch
 
 from gossip import aggregation, config
 from gossip.aggregation import Local, Policy
+from gossip.aggregation.bound import EARLY, EARLY_BOOST, WARMUP, NormBound
 from gossip.aggregation.registry import POLICIES, check_registry, config_names, make_policy
 from gossip.aggregation.windowed import Windowed
 from gossip.errors import ConfigError
@@ -112,3 +113,120 @@ def test_stateless_policies_round_trip_empty_state_and_refuse_foreign_state(name
     policy.bind_direction(torch.ones(NUMEL))
     with pytest.raises(ValueError, match="holds no state"):
         policy.load_state_dict(make_policy(comm("median")).state_dict())
+
+
+# ---------------------------------------------------------------- the default norm bound (gossip.aggregation.bound)
+
+
+def bounded_update(sender: int, norm: float, seq: int = 0, k: int = 10, final: bool = False) -> wire.DecodedUpdate:
+    """A sparse update of ``k`` equal values with L2 norm ``norm`` (dense when ``k`` is NUMEL)."""
+    values = torch.full((k,), norm / k**0.5)
+    indices = None if k == NUMEL else torch.arange(k, dtype=torch.int64) * (NUMEL // k)
+    return wire.DecodedUpdate(node_id=sender, seq=seq, step=0, epoch=0, confidence=0.5, final=final,
+                              indices=indices, values=values, wire_bytes=100, from_id=sender)
+
+
+def bound(factor: float = 8.0, early: bool = False) -> NormBound:
+    """A NormBound past its early updates (``early``: a fresh one, with the early allowance)."""
+    cfg = config.load(None, [f"communication.norm_bound={factor}"]).communication
+    b = NormBound(cfg)
+    if not early:
+        b.early = (0, 0)
+    return b
+
+
+def test_norm_bound_is_on_by_default_and_leaves_a_growing_honest_swarm_alone():
+    assert config.load(None, []).communication.norm_bound == 16.0
+    b, rejected = bound(early=True), []
+    b.observe_own(bounded_update(0, 0.1))
+    for seq in range(60):  # norms growing 1.5x per update for 15 updates (a warm-up), then flat, noisy
+        for sender in (1, 2, 3):
+            norm = 0.1 * 1.5 ** min(seq, 15) * (1 + 0.3 * ((seq + sender) % 3))
+            b.admit([bounded_update(sender, norm, seq)], lambda u, r, d: rejected.append(u))
+        b.observe_own(bounded_update(0, 0.1 * 1.5 ** min(seq, 15)))
+    assert rejected == [] and b.stats["norm_bound"] == 0 and b.peak < 0.5
+
+
+def test_norm_bound_rejects_an_outlier_with_its_reason_counted():
+    b, rejected = bound(), []
+    b.observe_own(bounded_update(0, 1.0))
+    ups = [bounded_update(1, 1.2, 0), bounded_update(2, 127 * 1e6, 0), bounded_update(3, 0.8, 0)]
+    kept = b.admit(ups, lambda u, r, d: rejected.append((u.node_id, r, d)))
+    assert [u.node_id for u in kept] == [1, 3]
+    assert rejected == [(2, "norm_bound", rejected[0][2])] and "limit" in rejected[0][2]
+    assert b.stats["norm_bound"] == 1
+    assert bound(0.0).admit(ups, lambda u, r, d: rejected.append(u)) == ups  # 0: off
+
+
+def test_early_updates_get_the_early_allowance():
+    """The first EARLY judged and each sender's first WARMUP: a neighbour ahead of us in a warm-up."""
+    assert 8.0 * EARLY_BOOST > 40.0 > 8.0 and bound(early=True).early == (EARLY, WARMUP)
+    early, late = bound(early=True), bound()
+    for b in (early, late):
+        b.observe_own(bounded_update(0, 1.0))
+    assert early.admit([bounded_update(1, 40.0)], lambda u, r, d: None)
+    assert late.admit([bounded_update(1, 40.0)], lambda u, r, d: None) == []
+    assert early.admit([bounded_update(3, 1e6)], lambda u, r, d: None) == []  # absurd: refused all the same
+
+
+def test_an_insider_climbing_slowly_stays_under_the_honest_swarm():
+    b = bound()
+    b.observe_own(bounded_update(0, 1.0))
+    kept = []
+    for seq in range(40):
+        for sender in (1, 2):
+            b.admit([bounded_update(sender, 1.0, seq)], lambda u, r, d: None)
+        kept += b.admit([bounded_update(9, 7.0 ** min(seq, 30), seq)], lambda u, r, d: None)
+        b.observe_own(bounded_update(0, 1.0))
+    assert kept and max(float(u.values.norm()) for u in kept) <= 8.0 + 1e-5
+
+
+def test_a_sender_is_judged_by_its_own_recent_norms_too_once_warmed_up():
+    b = bound()
+    for seq in range(WARMUP):
+        b.observe_own(bounded_update(0, 10.0))
+        for sender in (1, 2):
+            b.admit([bounded_update(sender, 10.0, seq)], lambda u, r, d: None)
+        assert b.admit([bounded_update(3, 0.1, seq)], lambda u, r, d: None)  # a quiet sender
+    spike = bounded_update(3, 5.0, WARMUP)  # far under the swarm's limit (80), 50x its own
+    assert b.admit([spike], lambda u, r, d: None) == [] and b.stats["norm_bound"] == 1
+
+
+def test_norm_bound_holds_what_it_cannot_judge_yet_and_never_applies_it_unjudged():
+    b, residual = bound(), torch.zeros(NUMEL)
+    b.bind(residual)
+    assert b.admit([bounded_update(1, 0.5), bounded_update(2, 1e6)], lambda u, r, d: None) == []
+    residual += 0.2  # one step taken: our dense residual is the reference (norm ~1.41)
+    rejected = []
+    kept = b.admit([], lambda u, r, d: rejected.append(u.node_id))
+    assert [u.node_id for u in kept] == [1] and rejected == [2] and b.held == []
+
+
+def test_a_final_flush_is_judged_by_its_rms_once_per_sender():
+    b = bound()
+    b.observe_own(bounded_update(0, 1.0, k=10))
+    for sender in (1, 2):
+        b.admit([bounded_update(sender, 1.0, k=10)], lambda u, r, d: None)
+    dense = bounded_update(1, 1.0 * (NUMEL / 10) ** 0.5, seq=1, k=NUMEL, final=True)  # same RMS, 5x the norm
+    rejected = []
+    assert b.admit([dense], lambda u, r, d: rejected.append(u)) == [dense]
+    again = bounded_update(1, 1.0 * (NUMEL / 10) ** 0.5 * 5, seq=2, k=NUMEL, final=True)  # judged by norm now
+    assert b.admit([again], lambda u, r, d: rejected.append(u)) == [] and rejected == [again]
+
+
+def test_norm_bound_state_round_trips_exactly(tmp_path):
+    b = bound()
+    b.bind(torch.zeros(NUMEL))
+    b.admit([bounded_update(4, 1.0)], lambda u, r, d: None)  # held: nothing to judge it by
+    b.observe_own(bounded_update(0, 1.0))
+    for seq in range(5):
+        b.admit([bounded_update(1, 1.0 + seq, seq), bounded_update(2, 50.0 * seq, seq)], lambda u, r, d: None)
+    path = tmp_path / "bound.pt"
+    torch.save(b.state_dict(), path)
+    c = bound()
+    c.load_state_dict(torch.load(path, weights_only=True))
+    assert c.state_dict().keys() == b.state_dict().keys() and c.stats == b.stats and c.peak == b.peak
+    assert c.norms == b.norms and c.rms == b.rms and [u.seq for u in c.held] == [u.seq for u in b.held]
+    probe = [bounded_update(1, 30.0, 9), bounded_update(2, 3.0, 9), bounded_update(3, 5.0, 9)]
+    assert [u.node_id for u in c.admit(probe, lambda u, r, d: None)] == \
+        [u.node_id for u in b.admit(probe, lambda u, r, d: None)]

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from gossip import bench
 from gossip.experiments import bench_codec as codec_bench
 
@@ -40,6 +42,10 @@ def test_codec_bench_json_on_a_small_model(capsys):
     for r in crossover:  # auto is never worse than plain rice, and close to the best coder
         assert r["auto"] <= r["rice"] + 1e-9
         assert r["auto"] <= 1.1 * min(r["rice"], r["rice_zlib"], r["delta_zlib"], r["bitmap_zlib"]) + 0.1
+    ref = result["reference"]["mnist_tiny@0.01"]
+    assert main["encode_vs_topk"] == pytest.approx(main["encode_gbps"] / ref["torch_topk_gbps"])
+    assert ref["encode_vs_topk"] == main["encode_vs_topk"] and "mnist_tiny@0.01 encode" in result["checks"]
+    assert len(result["load_average"]["before"]) in (0, 3) and isinstance(result["kernel"], bool)
     assert code in (0, 1)  # throughput targets depend on the machine; the figures are what counts
 
 
@@ -48,6 +54,9 @@ def test_cli_runs_as_a_module():
                            "--densities", "0.01", "--repeats", "1"], capture_output=True, text=True, timeout=300)
     assert proc.returncode in (0, 1), proc.stderr
     assert "sampled_topk/int8" in proc.stdout and "target mnist_tiny@0.01 wire" in proc.stdout
+    assert "x torch.topk" in proc.stdout and "load average" in proc.stdout
+    encode = next(line for line in proc.stdout.splitlines() if line.startswith("target mnist_tiny@0.01 encode"))
+    assert (">= 1.25 GB/s" in encode) and encode.split()[3] in ("PASS", "FAIL")
 
 
 def test_every_subcommand_module_has_a_main():

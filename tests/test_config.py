@@ -176,3 +176,12 @@ def test_default_ports_lie_below_the_ephemeral_range():
     cfg = config.load(None)
     top = cfg.topology.base_port + 2 * 256  # data + a margin for every peer id
     assert top < 32768 and cfg.dashboard.telemetry_port + 256 < 32768
+
+
+def test_shipped_configs_use_ports_below_the_ephemeral_range():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        cfg = config.load(path)
+        for base, span in ((cfg.topology.base_port, cfg.peers), (cfg.dashboard.telemetry_port, cfg.peers)):
+            assert base + span < 32768, f"{path.name}: ports {base}..{base + span} reach Linux's ephemeral range"

@@ -66,3 +66,23 @@ def test_every_event_name_is_logged_at_one_level():
     assert len(levels) > 50  # the scan sees the package's events
     mixed = {name: sorted(lv) for name, lv in levels.items() if len(lv) > 1}
     assert not mixed, f"events logged at more than one level: {mixed}"
+
+
+def test_every_event_is_documented_in_docs_logs_md():
+    """A user reading the logs finds every event name the package can write in docs/logs.md."""
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    names: dict[str, str] = {}
+    for path in (root / "gossip").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("info", "warning", "error", "critical")
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "log"
+                    and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                names.setdefault(node.args[0].value, str(path.relative_to(root)))
+    documented = set(re.findall(r"`([a-z][a-z0-9_]+)`", (root / "docs" / "logs.md").read_text()))
+    missing = {n: where for n, where in names.items() if n not in documented}
+    assert not missing, f"events not in docs/logs.md: {missing}"

@@ -9,7 +9,7 @@
   const TRIGGER_NAMES = { sync_interval: "interval", confidence: "confidence", grad_norm: "grad-norm", final: "final" };
   const SVGNS = "http://www.w3.org/2000/svg";
 
-  const S = { config: null, peers: {}, links: [], swarm: null, bw: [], acc: [], summary: null, clockOffset: 0 };
+  const S = { config: null, peers: {}, links: [], swarm: null, bw: [], acc: [], adapt: [], summary: null, clockOffset: 0 };
   let frameQueued = false;
   const cards = {};
 
@@ -53,7 +53,7 @@
     S.clockOffset = m.ts - Date.now() / 1000;
     if (m.type === "snapshot") {
       Object.assign(S, { config: m.config, peers: m.peers, links: m.links, swarm: m.swarm,
-        bw: m.bandwidth, acc: m.accuracy, summary: m.summary });
+        bw: m.bandwidth, acc: m.accuracy, adapt: m.adapt || [], summary: m.summary });
     } else if (m.type === "delta") {
       if (m.peers) Object.assign(S.peers, m.peers);
       if (m.links) S.links = m.links;
@@ -61,6 +61,7 @@
       if ("summary" in m) S.summary = m.summary;
       if (m.bandwidth) S.bw = S.bw.concat(m.bandwidth).slice(-3600);
       if (m.accuracy) S.acc = S.acc.concat(m.accuracy).slice(-20000);
+      if (m.adapt) S.adapt = S.adapt.concat(m.adapt).slice(-20000);
     }
     if (!frameQueued) { frameQueued = true; requestAnimationFrame(render); }
   }
@@ -88,6 +89,7 @@
     renderSummary();
     drawBandwidth();
     drawAccuracy();
+    drawAdapt();
   }
 
   function renderHeader() {
@@ -406,6 +408,34 @@
     drawChart(document.getElementById("acc-chart"), {
       log: false, yMin, yMax: 1, yTicks: ticks, yFmt: (v) => `${Math.round(v * 100)} %`, xMin: 0, xMax,
       series, empty: "no evaluation yet (one per epoch)",
+    });
+  }
+
+  // Adapted density per peer over time (gossip/runtime/adapt.py): a step line, since a point is a
+  // change; log scale, because the controller moves it by factors. The line runs on to "now".
+  function drawAdapt() {
+    const t0 = timeOrigin();
+    const now = Date.now() / 1000 + S.clockOffset - t0;
+    const series = [];
+    let lo = 1, hi = 1e-4;
+    for (let i = 0; i < S.config.peers; i++) {
+      const pts = [];
+      for (const a of S.adapt.filter((p) => p[0] === i)) {
+        if (pts.length) pts.push([a[1] - t0, pts[pts.length - 1][1]]);
+        pts.push([a[1] - t0, a[2]]);
+        lo = Math.min(lo, a[2]); hi = Math.max(hi, a[2]);
+      }
+      if (pts.length) pts.push([Math.max(now, pts[pts.length - 1][0]), pts[pts.length - 1][1]]);
+      series.push({ name: `peer ${i}`, color: peerColor(i), points: pts });
+    }
+    const yMin = 10 ** Math.floor(Math.log10(Math.max(1e-6, lo)));
+    const yMax = 10 ** Math.ceil(Math.log10(Math.max(hi * 1.01, yMin * 10)));
+    const ticks = [];
+    for (let v = yMin; v <= yMax * 1.0001; v *= 10) ticks.push(v);
+    const xMax = Math.max(10, now, S.bw.length ? S.bw[S.bw.length - 1][0] - t0 : 0);
+    drawChart(document.getElementById("adapt-chart"), {
+      log: true, yMin, yMax, yTicks: ticks, yFmt: (v) => fmtPct(v, 100), xMin: 0, xMax,
+      series, empty: "no density reported yet",
     });
   }
 

@@ -21,7 +21,9 @@ Tuning guide:
   chart, and ``/api/snapshot``, show the same figure. (Before the first sample: the live rates.)
 * History: one swarm bandwidth sample per :data:`SAMPLE_S`, at most
   :data:`HISTORY_POINTS` kept (1 h); accuracy points whenever a peer's
-  ``test_accuracy`` changes.
+  ``test_accuracy`` changes; adaptation points ``[peer, t, density, backlog_s, sync_gap]``
+  whenever a peer's adapted ``density`` or ``sync_gap`` changes (its first snapshot included),
+  so the chart shows what each peer sent against what its links carried (gossip.runtime.adapt).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ MIN_RATE_WINDOW_S = 0.2
 SAMPLE_S = 1.0
 HISTORY_POINTS = 3600
 ACCURACY_POINTS = 20_000
+ADAPT_POINTS = 20_000
 _MAX_ITEMS = 1024  # longest list/dict accepted from a peer (neighbours, reasons, links)
 _MAX_STR = 64
 _BAD = object()
@@ -150,6 +153,8 @@ class SwarmView:
         self.accuracy: deque[list[float]] = deque(maxlen=ACCURACY_POINTS)  # [peer, t, accuracy, epoch]
         self.rejected_messages = 0
         self._pending_acc: list[list[float]] = []
+        self.adapt: deque[list[float]] = deque(maxlen=ADAPT_POINTS)  # [peer, t, density, backlog_s, sync_gap]
+        self._pending_adapt: list[list[float]] = []
         self._last_sample = 0.0
         self._rates: dict[tuple[int, int], float] | None = None  # (sender, receiver) -> bits/s, last sample
         self._sent: dict[str, Any] = {}
@@ -182,6 +187,11 @@ class SwarmView:
             point = [peer_id, round(wall, 3), acc, data.get("epoch", 0)]
             self.accuracy.append(point)
             self._pending_acc.append(point)
+        density, gap = data.get("density"), data.get("sync_gap", 1)
+        if density is not None and (density, gap) != (peer.data.get("density"), peer.data.get("sync_gap", 1)):
+            point = [peer_id, round(wall, 3), density, data.get("backlog_s") or 0.0, gap]
+            self.adapt.append(point)
+            self._pending_adapt.append(point)
         if isinstance(data.get("bandwidth_cap_bps"), (int, float)) and data["bandwidth_cap_bps"] > 0:
             self.cap_bps = float(data["bandwidth_cap_bps"])
         peer.data, peer.seen, peer.last_wall, peer.dirty = data, self.clock(), wall, True
@@ -285,6 +295,7 @@ class SwarmView:
             "swarm": self._swarm(states, links),
             "bandwidth": list(self.bandwidth),
             "accuracy": list(self.accuracy),
+            "adapt": list(self.adapt),
             "summary": self.summary(states),
         }
 
@@ -313,4 +324,6 @@ class SwarmView:
             delta["bandwidth"] = [point]
         if self._pending_acc:
             delta["accuracy"], self._pending_acc = self._pending_acc, []
+        if self._pending_adapt:
+            delta["adapt"], self._pending_adapt = self._pending_adapt, []
         return delta if len(delta) > 2 else None

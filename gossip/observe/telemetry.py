@@ -74,6 +74,10 @@ SNAPSHOT_FIELDS: dict[str, str] = {
     "neighbours": "ids",
     "neighbours_down": "ids",
     "links": "links",  # per neighbour byte counters; the dashboard derives link bandwidth from them
+    "density": "float",  # the density updates are encoded at now (gossip.runtime.adapt), kept / eligible
+    "backlog_s": "float",  # worst live link's unsent bytes / its measured throughput, seconds
+    "sync_gap": "int",  # batches between syncs at least (1 unless the link is behind at min_density)
+    "lead_wait_s": "float",  # seconds the thread waited for slower neighbours (communication.max_lead_steps)
     # added by TelemetryPublisher:
     "cpu_percent": "float",  # this process; can exceed 100 with several threads
     "rss_mb": "float",

@@ -20,6 +20,7 @@ Both sides of a ``StateRequest``:
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -144,14 +145,29 @@ class CatchUp:
 
 
 class StateServer:
-    """Answers neighbours' StateRequests through whoever owns the model (module docstring)."""
+    """Answers neighbours' StateRequests through whoever owns the model (module docstring).
 
-    def __init__(self, worker: Worker, bridge: Any) -> None:
+    A state is the whole parameter vector, so one requester is answered at most once per
+    ``security.state_answer_interval_s``; the requests in between are counted and dropped.
+    """
+
+    def __init__(self, worker: Worker, bridge: Any, *, interval_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.worker = worker
         self.bridge = bridge
         self.thread_owns = False
+        self.clock = clock
+        self.interval_s = interval_s
+        self.answered_at: dict[int, float] = {}  # requester -> when its last request was taken
+        self.refused = 0
 
     def asked(self, requester: int) -> None:
+        now = self.clock()
+        if now - self.answered_at.get(requester, -math.inf) < self.interval_s:
+            self.refused += 1
+            log.debug("state_request_refused", by=requester, reason="answered_recently")
+            return
+        self.answered_at[requester] = now
         log.info("state_requested", by=requester)
         self._route(requester)
 

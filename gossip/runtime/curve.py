@@ -21,7 +21,7 @@ gives that folder to its peers. Several hosts, step by step:
    that runs peer ``i`` (keep it mode 0600), into the same folder, e.g. ``~/swarm-keys``;
 3. set ``security.curve_keys: ~/swarm-keys`` (absolute, or relative to where peers start) in
    the shared config, or pass ``security.curve_keys=...`` to every ``python -m gossip.peer``;
-4. start the peers as usual; each logs ``transport_started`` with ``curve=true``.
+4. start the peers as usual; each logs ``security_on`` with its keys folder.
 
 Without keys a peer on loopback (or ipc) runs insecure with one ``security_off`` warning; on
 any other address it refuses to start unless ``security.insecure: true`` (then anyone who can
@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import os
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,13 +71,18 @@ def create(directory: str | Path, peers: int) -> list[Path]:
     d = Path(directory).expanduser()
     d.mkdir(parents=True, exist_ok=True)
     made = []
-    for p in range(peers):
-        if not (d / f"peer-{p}.key").exists():
-            zmq.auth.create_certificates(d, f"peer-{p}")
-            made.append(d / f"peer-{p}.key")
-        secret = d / f"peer-{p}.key_secret"
-        if secret.exists():
-            os.chmod(secret, 0o600)  # pyzmq writes it with the umask's mode
+    old = os.umask(0o077)  # pyzmq writes with the umask's mode: no moment where a secret is readable
+    try:
+        for p in range(peers):
+            if not (d / f"peer-{p}.key").exists():
+                zmq.auth.create_certificates(d, f"peer-{p}")
+                made.append(d / f"peer-{p}.key")
+                os.chmod(d / f"peer-{p}.key", 0o644)  # public
+            secret = d / f"peer-{p}.key_secret"
+            if secret.exists():
+                os.chmod(secret, 0o600)
+    finally:
+        os.umask(old)
     return made
 
 
@@ -237,6 +243,20 @@ async def recv_signed(inbox: zmq.asyncio.Socket, claimed: Callable[[bytes], int 
 # neighbour's secret key (a squatter on its port, or a peer without CURVE), or it refused our key
 HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+# on the inbox: a client that did not complete the handshake (no CURVE, a bad box); a key that
+# ZAP refused is counted by the allowlist itself (unknown_key)
+CLIENT_FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+
+
+def client_failed(frames: list[bytes], on_refused: OnRefused) -> bool:
+    """Count an inbox monitor event that is a failed client handshake (``unauthenticated``)."""
+    event = struct.unpack("=H", frames[0][:2])[0]
+    if event & CLIENT_FAILED:
+        on_refused("unauthenticated", None, f"a client of {frames[1].decode(errors='replace')} "
+                   "failed the handshake (no CURVE, or not the peers' protocol)")
+    return bool(event & CLIENT_FAILED)
 
 
 def handshake_failed(event: int, neighbour: int, address: str, on_refused: OnRefused) -> None:

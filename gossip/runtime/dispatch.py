@@ -13,16 +13,25 @@ another peer), and routes it:
 * Heartbeat, Hello, StateRequest, StateChunk, ResendRequest: to their owners.
 
 A bad frame raises :class:`~gossip.errors.ProtocolError` inside; :meth:`handle` counts it
-by reason and logs ``update_rejected``, never more.
+by reason and logs ``update_rejected`` (aggregated: :class:`gossip.runtime.outcome.RejectLog`),
+never more.
+
+Floods cost next to nothing: before any decoding a frame is checked cheap-first (frame count,
+size, the envelope's kind) against its sender's token bucket for that kind
+(:mod:`gossip.runtime.ratelimit`); an excess frame is dropped and counted as ``rate_limited``,
+never answered. The receive loop yields to the other tasks every ``YIELD_EVERY`` frames, so
+heartbeats and the training thread's hand-offs never wait on a flood.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from gossip._proto import gossip_pb2 as pb
+from gossip.config import SecurityConfig
 from gossip.errors import PeerError, ProtocolError
 from gossip.observe.log import get_logger
 from gossip.protocol import wire
@@ -30,9 +39,12 @@ from gossip.runtime.catchup import CatchUp
 from gossip.runtime.ledger import Ledger
 from gossip.runtime.membership import Membership
 from gossip.runtime.outcome import Counters
+from gossip.runtime.ratelimit import JUNK, RateLimiter
 from gossip.runtime.resend import Resender
 
 log = get_logger(__name__)
+YIELD_EVERY = 32        # frames handled back to back before the receive loop lets other tasks run
+SUMMARY_EVERY_S = 1.0   # how often the receive loop writes the rejection summaries that are due
 
 
 class Link(Protocol):
@@ -47,7 +59,8 @@ class Dispatcher:
                  config_hash: str, ledger: Ledger, counters: Counters, membership: Membership,
                  catchup: CatchUp, resend: Resender, link: Link,
                  deliver: Callable[[wire.DecodedUpdate], None], ask_state: Callable[[int], None],
-                 on_fatal: Callable[[PeerError], None], clock: Callable[[], float] = time.monotonic) -> None:
+                 on_fatal: Callable[[PeerError], None], clock: Callable[[], float] = time.monotonic,
+                 security: SecurityConfig | None = None) -> None:
         self.peer_id = peer_id
         self.neighbours = neighbours
         self.relay = relay
@@ -65,17 +78,42 @@ class Dispatcher:
         self.clock = clock
         self.heard: set[int] = set()  # neighbours that have said anything valid
         self.neighbour_step: dict[int, int] = {}  # global step from each neighbour's heartbeats
+        sec = SecurityConfig() if security is None else security
+        self.rates = RateLimiter(sec.rate_scale, clock)
+        counters.log.interval_s = sec.reject_log_interval_s
 
     async def receive(self, recv: Callable[[], Awaitable[tuple[int | None, list[bytes]]]]) -> None:
+        handled, summarized = 0, self.clock()
         while True:
-            sender, frames = await recv()
+            sender, frames = await recv()  # a ready socket returns at once: no yield by itself
             self.handle(sender, frames)
+            handled += 1
+            if handled % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            now = self.clock()
+            if now - summarized >= SUMMARY_EVERY_S:
+                summarized = now
+                self.counters.log.flush(now)
 
     def handle(self, sender: int | None, frames: list[bytes]) -> None:
+        kind = self._kind(frames)
+        if not self.rates.allow(sender, kind):
+            self.counters.limited(kind, sender)
+            return
         try:
             self._handle(sender, frames)
         except ProtocolError as exc:
             self.counters.reject(exc.reason, sender, str(exc))
+
+    def _kind(self, frames: list[bytes]) -> str:
+        """The envelope's body name, cheap-first (frame count, size, parse): ``junk`` if none."""
+        if len(frames) != 1 or not isinstance(frames[0], bytes) or len(frames[0]) > self.limits.max_bytes:
+            return JUNK
+        try:
+            kind = pb.Envelope.FromString(frames[0]).WhichOneof("body")
+        except Exception:  # DecodeError, or anything the C parser raises on garbage
+            return JUNK
+        return kind or JUNK
 
     def _handle(self, sender: int | None, frames: list[bytes]) -> None:
         if len(frames) != 1:
@@ -87,13 +125,15 @@ class Dispatcher:
         if self.ledger.heard(sender, now):
             log.info("peer_up", peer=sender)
         self.heard.add(sender)
+        if env.from_id != sender:  # every envelope names who put it on the link: the key's owner
+            raise ProtocolError("spoofed_node_id", f"neighbour {sender} sent from_id {env.from_id}")
+        if isinstance(msg, (wire.Heartbeat, wire.Hello)) and msg.node_id != sender:
+            raise ProtocolError("spoofed_node_id", f"neighbour {sender} sent a {type(msg).__name__} "
+                                f"of {msg.node_id}")
         if isinstance(msg, wire.DecodedUpdate):
-            if msg.from_id != sender:
-                raise ProtocolError("spoofed_node_id", f"neighbour {sender} sent from_id {msg.from_id}")
             self._on_update(sender, msg, env, now)
         elif isinstance(msg, wire.Heartbeat):
-            if msg.node_id == sender:
-                self.neighbour_step[sender] = msg.step
+            self.neighbour_step[sender] = msg.step
         elif isinstance(msg, wire.StateRequest):
             if msg.node_id != sender:
                 raise ProtocolError("spoofed_node_id", f"neighbour {sender} asked state for {msg.node_id}")

@@ -8,7 +8,8 @@ must continue the open message exactly (same ``message_id``, ``count`` and ``tot
 ``index``; ``offset`` = bytes so far; never past ``total``) or start a new one at index 0, and
 a message may not exceed ``security.max_message_bytes`` nor 65536 fragments. Anything else is
 counted by reason in :attr:`Reassembler.rejected` (and the open message dropped), never
-raised. A message left incomplete (its sender gone, a reconnect lost a piece) is dropped
+raised; a two-frame message whose first frame is no valid header (:func:`header_of`) is left
+to the dispatcher. A message left incomplete (its sender gone, a reconnect lost a piece) is dropped
 after ``link.reassembly_timeout_s`` or when its sender starts another message.
 """
 
@@ -39,6 +40,18 @@ def split(data: bytes, piece: int, message_id: int) -> Iterator[tuple[bytes, mem
         yield header, view[offset:offset + piece]
 
 
+def header_of(frame: bytes, max_bytes: int) -> pb.Fragment | None:
+    """``frame`` as a fragment header within the static bounds, or None: then the two-frame
+    message is no fragment and goes to the dispatcher like any other (rejected as ``bad_frames``)."""
+    try:
+        h = pb.Fragment.FromString(frame)
+    except (DecodeError, RuntimeError, ValueError):
+        return None
+    if not 2 <= h.count <= MAX_FRAGMENTS or not h.count <= h.total <= max_bytes or h.index >= h.count:
+        return None
+    return h
+
+
 @dataclass
 class _Open:
     message_id: int
@@ -52,10 +65,12 @@ class _Open:
 class Reassembler:
     """Whole messages out of one peer's incoming fragments, per neighbour, within strict bounds."""
 
-    def __init__(self, max_bytes: int, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_bytes: int, timeout_s: float, clock: Callable[[], float] = time.monotonic,
+                 on_reject: Callable[[str, int | None, str], None] | None = None) -> None:
         self.max_bytes = max_bytes  # per neighbour: at most one open message, at most this long
         self.timeout_s = timeout_s
         self.clock = clock
+        self.on_reject = on_reject  # also told of every rejection (the node counts them by reason)
         self.open: dict[int, _Open] = {}
         self.rejected: dict[str, int] = {}  # reason -> fragments (or open messages) dropped
         self.messages = 0  # whole messages put back together
@@ -65,21 +80,11 @@ class Reassembler:
     def pending_bytes(self) -> int:
         return sum(o.size for o in self.open.values())
 
-    def offer(self, sender: int, header: bytes, data: bytes) -> bytes | None:
-        """Take one fragment from ``sender``; the whole message once its last piece is in."""
+    def offer(self, sender: int, h: pb.Fragment, data: bytes) -> bytes | None:
+        """Take one fragment (its header from :func:`header_of`) from ``sender``; the whole message
+        once its last piece is in."""
         now = self.clock()
         self.expire(now)
-        try:
-            h = pb.Fragment.FromString(header)
-        except (DecodeError, RuntimeError, ValueError):
-            self.reject("fragment_malformed", sender, "header does not parse")
-            return None
-        if not 2 <= h.count <= MAX_FRAGMENTS:
-            self.reject("fragment_count", sender, f"count {h.count}")
-            return None
-        if not 0 < h.total <= self.max_bytes or h.total < h.count:
-            self.reject("fragment_total", sender, f"total {h.total} (max {self.max_bytes})")
-            return None
         cur = self.open.get(sender)
         if h.index == 0:
             if cur is not None:  # the previous message never finished: its rest is lost
@@ -125,5 +130,8 @@ class Reassembler:
         self.reject(reason, sender, f"message {cur.message_id}: {len(cur.parts)}/{cur.count} fragments")
 
     def reject(self, reason: str, sender: int | None, detail: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        log.warning("fragment_rejected", reason=reason, sender=sender, detail=detail)
+        n = self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood costs a few lines
+            log.warning("fragment_rejected", reason=reason, sender=sender, count=n, detail=detail)
+        if self.on_reject is not None:
+            self.on_reject(reason, sender, detail)

@@ -43,7 +43,7 @@ from gossip.config import Config, config_hash, to_dict
 from gossip.errors import ConfigError, PeerError
 from gossip.observe.log import get_logger, run_logging
 from gossip.observe.telemetry import TelemetrySubscriber
-from gossip.runtime import rundir
+from gossip.runtime import curve, rundir
 from gossip.runtime.runsummary import exit_text, last_line, summarize, summary_line
 
 __all__ = ["main", "run", "summarize", "summary_line"]
@@ -191,6 +191,7 @@ def run(cfg: Config, run_dir: str | Path, *, dashboard: bool = True,
     run_dir = Path(run_dir)
     rundir.claim(run_dir, resume=resume, fresh=fresh)
     run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = curve.launch_keys(cfg, run_dir)  # a key pair per peer in run_dir/keys unless the config has them
     cfg_path = run_dir / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     with run_logging(run_dir / "launch.jsonl"), _StopSignals() as signals:

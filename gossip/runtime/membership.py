@@ -8,6 +8,12 @@
 * **Liveness**: a peer silent for ``timeouts.silence_s`` is marked down; nobody waits for it.
 * **Give up lost updates**: a finished peer whose missing updates have not come for
   ``timeouts.silence_s`` (no new update nor Done from it) is not waited for any longer.
+* **A partition is not the end**: when every other peer goes silent at once (marked down within
+  ``PARTITION_SPREAD_S`` of each other, none left), this peer does not declare itself done for
+  up to ``timeouts.partition_wait_s``: the link may come back (a peer heard again is up again,
+  and the resend machinery asks for what is missing). ``finish_reason`` says how it ended:
+  ``all_delivered``, ``peers_down`` (some peers were given up as down), ``updates_lost``
+  (a finished peer's missing updates were given up) or ``gave_up_after_partition``.
 
 No sockets and no real time here: it gets a ``broadcast`` callable and a clock.
 """
@@ -28,12 +34,14 @@ log = get_logger(__name__)
 
 Broadcast = Callable[..., int]  # Transport.broadcast(data, exclude=()) -> frames queued
 LINGER_POLL_S = 0.05
+PARTITION_SPREAD_S = 3.0  # peers marked down within this many seconds of each other went silent "at once"
 
 
 class Membership:
     def __init__(self, peer_id: int, ledger: Ledger, broadcast: Broadcast, counters: Counters, *,
                  silence_s: float, on_all_delivered: Callable[[], None],
-                 clock: Callable[[], float] = time.monotonic, t_start: float | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, t_start: float | None = None,
+                 partition_wait_s: float = 0.0) -> None:
         self.peer_id = peer_id
         self.ledger = ledger
         self.broadcast = broadcast
@@ -46,6 +54,11 @@ class Membership:
         self.delivered_sent = False  # we said Done(complete): everything from every live peer is here
         self.last_seq = -1           # our last update's seq (-1: none)
         self.last_news: dict[int, float] = {}  # when each origin last sent a new update or Done
+        self.partition_wait_s = partition_wait_s
+        self.down_at: dict[int, float] = {}  # when each peer now down was marked down
+        self.partitioned_since: float | None = None  # every peer went silent at once: wait for the link
+        self.partition_gave_up = False
+        self.finish_reason: str | None = None
 
     # ------------------------------------------------------------ events
     def news(self, origin: int, now: float) -> None:
@@ -72,19 +85,48 @@ class Membership:
 
     def check_finish(self) -> None:
         if self.own_done and not self.delivered_sent and self.ledger.all_delivered():
+            if self.partitioned_since is not None and not self.partition_gave_up:
+                return  # cut off, not abandoned: wait for the link (check_partition)
             self.delivered_sent = True
+            self.finish_reason = ("gave_up_after_partition" if self.partition_gave_up
+                                  else "peers_down" if self.ledger.down()
+                                  else "updates_lost" if self.counters.updates_lost else "all_delivered")
             self.on_all_delivered()
             self.broadcast(self._done(complete=True))
-            log.info("all_delivered", seconds=round(self.clock() - self.t_start, 3))
+            log.info("all_delivered", seconds=round(self.clock() - self.t_start, 3),
+                     finish_reason=self.finish_reason, peers_down=self.ledger.down())
 
     # ------------------------------------------------------------ the clock
     def check_down(self, now: float) -> list[int]:
         """Mark peers silent for ``silence_s`` down (nobody waits for them); returns them."""
         down = self.ledger.check_down(now, self.silence_s)
         for peer in down:
+            self.down_at[peer] = now
             log.warning("peer_down", peer=peer, silent_s=self.silence_s)
+        self.check_partition(now)
+        for _ in down:
             self.check_finish()
         return down
+
+    def check_partition(self, now: float) -> None:
+        """Notice a partition (every peer silent at once), its end, or that we waited long enough."""
+        views = self.ledger.views
+        for peer in [p for p in self.down_at if not views[p].down]:
+            del self.down_at[peer]  # heard again
+        if self.partitioned_since is not None:
+            if len(self.down_at) < len(views):
+                log.info("partition_healed", seconds=round(now - self.partitioned_since, 3),
+                         back=sorted(p for p in views if p not in self.down_at))
+                self.partitioned_since = None
+            elif not self.partition_gave_up and now - self.partitioned_since >= self.partition_wait_s:
+                self.partition_gave_up = True
+                log.warning("partition_gave_up", waited_s=round(now - self.partitioned_since, 3))
+                self.check_finish()
+        elif (self.partition_wait_s > 0 and not self.partition_gave_up and views
+              and len(self.down_at) == len(views)
+              and max(self.down_at.values()) - min(self.down_at.values()) <= PARTITION_SPREAD_S):
+            self.partitioned_since = now
+            log.warning("partition_suspected", peers=sorted(views), wait_s=self.partition_wait_s)
 
     def heartbeat(self, now: float) -> None:
         """Once a heartbeat: after our Done, repeat it and give up updates that will not come."""
@@ -97,7 +139,13 @@ class Membership:
         self.broadcast(self._done(complete=self.delivered_sent))
 
     def give_up_lost(self, now: float) -> None:
-        """Updates of a finished peer still missing after ``silence_s`` are lost: stop waiting."""
+        """Updates of a finished peer still missing after ``silence_s`` are lost: stop waiting.
+
+        Not while every peer is silent and ``partition_wait_s`` is set: that is a partition
+        forming (check_partition), and what is missing comes once the link is back."""
+        views = self.ledger.views
+        if self.partition_wait_s > 0 and views and all(now - v.last_heard > self.silence_s for v in views.values()):
+            return
         for peer in self.ledger.waiting_for():
             if self.ledger.views[peer].last_seq is None:
                 continue

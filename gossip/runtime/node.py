@@ -1,7 +1,9 @@
 """One peer of the swarm: startup → main loop → graceful shutdown (:meth:`Peer.run`).
 
-Startup: build the training side (:mod:`gossip.runtime.factory`: data shard, model with the
-same initial weights on every peer, worker), bind the inbox, connect to the neighbours and
+Startup: decide the security mode (:func:`gossip.runtime.curve.startup`: CURVE with this peer's
+keys; without keys only on loopback or with ``security.insecure``), build the training side
+(:mod:`gossip.runtime.factory`: data shard, model with the same initial weights on every peer,
+worker), bind the inbox, connect to the neighbours and
 wait for them to say hello (``timeouts.startup_s``; none at all is an error, some missing is
 a warning), and catch up from a neighbour's state when far behind (:mod:`gossip.runtime.catchup`).
 A neighbour running a different model (schema hash) stops both with a one-line error.
@@ -38,7 +40,7 @@ from gossip.errors import PeerError
 from gossip.observe.log import get_logger
 from gossip.observe.telemetry import TelemetryPublisher
 from gossip.protocol import wire
-from gossip.runtime import checkpoint, topology
+from gossip.runtime import adapt, checkpoint, curve, topology
 from gossip.runtime.bridge import FINISHED, Bridge, EpochStarted, Outgoing, StateReply, TrainingDone
 from gossip.runtime.catchup import CatchUp, StateServer
 from gossip.runtime.dispatch import Dispatcher
@@ -63,6 +65,8 @@ class Peer:
         if not 0 <= peer_id < cfg.peers:
             raise PeerError(f"--id {peer_id}: this config has peers 0..{cfg.peers - 1}")
         topology.check_connected(cfg)
+        # startup check: CURVE with this peer's keys, or insecure only where curve.startup allows it
+        cfg = curve.startup(cfg, peer_id, topology.inbox_address(cfg, peer_id))
         self.cfg = cfg
         self.peer_id = peer_id
         self.run_dir = run_dir
@@ -84,7 +88,10 @@ class Peer:
                 loop.add_signal_handler(sig, self._request_stop, sig)
         worker = await asyncio.to_thread(self._build)
         self.transport = Transport(self.cfg, self.peer_id, self.neighbours)
+        self.transport.on_refused = curve.Refusals(self.counters.rejected)  # before start: ZAP uses it
         await self.transport.start()
+        if self.cfg.security.curve:
+            log.info("security_on", keys=str(curve.keys_dir(self.cfg)), telemetry=self.cfg.security.telemetry)
         self.telemetry = TelemetryPublisher(self.cfg, self.peer_id)
         self.assemble(worker, self.bridge, self.transport)
         tasks: list[asyncio.Task[Any]] = [asyncio.create_task(coro, name=name) for name, coro in (
@@ -140,16 +147,17 @@ class Peer:
         self.limits = wire.Limits(numel=self.layout.numel, schema_hash=self.layout.schema_hash,
                                   max_bytes=cfg.security.max_message_bytes, peers=cfg.peers)
         self.membership = Membership(self.peer_id, self.ledger, transport.broadcast, self.counters,
-                                     silence_s=cfg.timeouts.silence_s,
+                                     silence_s=cfg.timeouts.silence_s, partition_wait_s=cfg.timeouts.partition_wait_s,
                                      on_all_delivered=lambda: bridge.to_thread(FINISHED), t_start=self.t_start)
         self.catchup = CatchUp(self.peer_id, self.ledger, self.counters, transport.send,
                                numel=self.layout.numel, schema_hash=self.layout.schema_hash)
-        self.states = StateServer(worker, bridge)
+        self.states = StateServer(worker, bridge, interval_s=cfg.security.state_answer_interval_s)
         self.dispatcher = Dispatcher(
             self.peer_id, self.neighbours, relay=cfg.topology.kind != "full", limits=self.limits,
             config_hash=config_hash(cfg), ledger=self.ledger, counters=self.counters,
             membership=self.membership, catchup=self.catchup, resend=self.resend, link=transport,
-            deliver=bridge.to_thread, ask_state=self.states.asked, on_fatal=self._on_fatal)
+            deliver=bridge.to_thread, ask_state=self.states.asked, on_fatal=self._on_fatal,
+            security=cfg.security)
 
     def _resume(self, worker: Worker) -> None:
         """Continue from this peer's newest readable checkpoint, and never reuse a sequence number."""
@@ -239,11 +247,22 @@ class Peer:
                 self.beat()
                 self.membership.heartbeat(now)
             self.membership.check_down(now)
+            self.pace()
             if not self.catchup.active:  # the awaited state holds what is missing now
                 self.resend.ask(self.ledger, [n for n in self.neighbours if not self.ledger.views[n].down],
                                 self.transport.send)
             self._publish()
             await asyncio.sleep(min(self.cfg.dashboard.interval_s, HEARTBEAT_EVERY_S))
+
+    def pace(self) -> None:
+        """Feed the links' counters to the density controller and the slowest live neighbour's
+        step to the lead bound (gossip.runtime.adapt); the thread reads both between batches."""
+        views = self.ledger.views
+        down = frozenset(str(n) for n in self.neighbours if views[n].down)
+        stats: dict[str, dict[str, int]] = getattr(self.transport, "link_stats", dict)()  # in-memory links: none
+        self.worker.adapter.observe(stats, down)
+        self.worker.lead.slowest = adapt.slowest_step(  # a finished or down neighbour holds nobody
+            self.dispatcher.neighbour_step, lambda n: not views[n].down and views[n].last_seq is None)
 
     def beat(self) -> None:
         p = self.worker.progress  # plain attributes the thread writes: no lock
@@ -263,7 +282,8 @@ class Peer:
             "test_accuracy": p.test_accuracy, **self._counters(),
             "bandwidth_cap_bps": parse_bandwidth(self.cfg.link.bandwidth),
             "neighbours": self.neighbours, "neighbours_down": [n for n in self.ledger.down() if n in self.neighbours],
-            "links": self.transport.link_stats(),
+            "links": self.transport.link_stats(), **self.worker.adapter.telemetry(),
+            "lead_wait_s": round(self.worker.lead.waited_s, 3),
         })
 
     def _result(self, outcome: dict[str, Any]) -> dict[str, Any]:
@@ -279,7 +299,10 @@ class Peer:
             "applied_by_origin": {str(k): v for k, v in sorted(p.applied_by_origin.items())},
             "updates_lost": c.updates_lost, "skipped_before_state": c.skipped_before_state,
             "inbox_resets": self.transport.inbox_resets, "next_seq": self.worker.seq,
-            "state_from": self.catchup.source,
+            "state_from": self.catchup.source, "finish_reason": self.membership.finish_reason,
+            "adapt": {"density": self.worker.adapter.current_density, "changes": self.worker.adapter.changes,
+                      "lowest_density": self.worker.adapter.settings(self.worker.adapter.lowest)[0],
+                      "lead_waits": self.worker.lead.waits, "lead_wait_s": round(self.worker.lead.waited_s, 3)},
         }
         write_result(self.run_dir, self.peer_id, result)
         return result

@@ -89,6 +89,14 @@ class ByteCounts(Protocol):
     def bytes_sent(self) -> int: ...
     @property
     def bytes_received(self) -> int: ...
+    @property
+    def bytes_queued(self) -> int: ...
+    @property
+    def bytes_unsent(self) -> int: ...
+    @property
+    def wire_bytes_sent(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
     bytes_sent_by_epoch: dict[int, int]
 
 
@@ -99,6 +107,9 @@ def counters(c: Counters, tr: ByteCounts, progress: Progress, numel: int,
     epochs_seen = max(1, len([e for e, b in tr.bytes_sent_by_epoch.items() if b > 0]))
     return {
         "bytes_sent": tr.bytes_sent, "bytes_received": tr.bytes_received,
+        # gossip.runtime.link says what each means; bytes_unsent is known once the transport closed
+        "bytes_queued": tr.bytes_queued, "bytes_unsent": tr.bytes_unsent, "wire_bytes_sent": tr.wire_bytes_sent,
+        "messages_dropped": tr.dropped,
         "updates_sent": c.updates_sent,
         "updates_applied": progress.updates_applied,
         "updates_rejected": sum(c.rejected.values()) + progress.updates_rejected_by_policy,

@@ -23,16 +23,7 @@ sent fire-and-forget. The receiving side reassembles, so :meth:`Transport.recv` 
 messages. ``link.drop/duplicate/reorder`` inject faults on the sending side (for tests),
 through :class:`gossip.sim.faults.FaultyLink`, which reports every drop to the counters.
 
-Counters, per link (:class:`Link`, :meth:`Transport.link_stats`) and in total (properties):
-``bytes_queued`` = message bytes accepted by :meth:`Transport.send`; ``bytes_sent`` = message
-bytes ZeroMQ took from us while the connection was up or that it delivered once it came up
-(a message bytes of frames; fragment headers not included); ``wire_bytes_sent`` = the
-shaper's wire estimate of ``bytes_sent`` (ZMTP framing and TCP/IP headers, fragment headers
-included); ``bytes_unsent`` = accepted but still with us (or with ZeroMQ for a neighbour that
-was down) at close; ``dropped`` = messages refused or lost, by cause: ``dropped_queue_full``
-(:data:`SEND_QUEUE` messages already waiting for a stalled neighbour), ``dropped_fault``
-(``link.drop``); ``to_departed`` = messages queued while the neighbour's connection was down
-after it had been up (they go if it comes back, else end in ``unsent``).
+Counters: :mod:`gossip.runtime.link` says what each one means.
 """
 
 from __future__ import annotations
@@ -44,7 +35,6 @@ import random
 import struct
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +45,7 @@ from gossip.config import Config
 from gossip.errors import PeerError
 from gossip.observe.log import get_logger
 from gossip.runtime import curve, fragment, topology
+from gossip.runtime.link import SEND_QUEUE, SOCKET_HWM, Link, Piece
 from gossip.runtime.shaper import Shaper, TokenBucket
 from gossip.sim import faults
 
@@ -62,13 +53,10 @@ __all__ = ["SEND_QUEUE", "SOCKET_HWM", "Link", "TokenBucket", "Transport", "iden
 
 log = get_logger(__name__)
 
-SEND_QUEUE = 256  # messages waiting per link before new ones are dropped
-SOCKET_HWM = 8  # messages (or fragments) ZeroMQ holds per link: what bytes_sent may run ahead
-DELAY_LINE = 1024  # pieces waiting out link.latency_ms per link (the bucket wait bounds it first)
+MIN_SLEEP_S = 0.001  # waits this short are skipped (a loop turn costs about as much)
 LINGER_S = 1.0
 _UP = zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 _EVENTS = _UP | zmq.EVENT_DISCONNECTED
-Piece = tuple[list[Any], int, bool]  # (frames, message bytes in it, last piece of its message)
 
 
 def identity(peer_id: int) -> bytes:
@@ -81,47 +69,6 @@ def parse_identity(raw: bytes) -> int | None:
     if head[:1] == b"p" and head[1:].isdigit() and len(head) < 8:
         return int(head[1:])
     return None
-
-
-@dataclass
-class Link:
-    peer: int
-    socket: zmq.asyncio.Socket
-    bucket: TokenBucket
-    queue: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(SEND_QUEUE))
-    delayed: asyncio.Queue[tuple[float, Piece]] = field(default_factory=lambda: asyncio.Queue(DELAY_LINE))
-    bytes_queued: int = 0
-    bytes_sent: int = 0
-    wire_bytes_sent: float = 0.0
-    bytes_received: int = 0
-    messages_queued: int = 0
-    messages_sent: int = 0
-    messages_received: int = 0
-    fragments_sent: int = 0
-    dropped_queue_full: int = 0
-    dropped_fault: int = 0
-    to_departed: int = 0
-    up: bool = False  # the connection to the neighbour is established (the socket's monitor)
-    was_up: bool = False
-    pending: int = 0  # message bytes accepted and not yet taken by ZeroMQ
-    pending_messages: int = 0
-    sent_while_down: int = 0  # taken by ZeroMQ while no connection was up: delivered only once it is
-    unsent_bytes: int = 0  # set at close
-    unsent_messages: int = 0
-    next_fragmented: int = 0
-
-    @property
-    def dropped(self) -> int:
-        return self.dropped_queue_full + self.dropped_fault
-
-    def stats(self) -> dict[str, int]:
-        return {"bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received, "dropped": self.dropped,
-                "bytes_queued": self.bytes_queued, "wire_bytes_sent": round(self.wire_bytes_sent),
-                "bytes_unsent": self.unsent_bytes, "messages_queued": self.messages_queued,
-                "messages_sent": self.messages_sent, "messages_received": self.messages_received,
-                "messages_unsent": self.unsent_messages, "fragments_sent": self.fragments_sent,
-                "dropped_queue_full": self.dropped_queue_full, "dropped_fault": self.dropped_fault,
-                "to_departed": self.to_departed}
 
 
 class Transport:
@@ -138,12 +85,14 @@ class Transport:
         self.shaper = Shaper.from_config(cfg.link)
         self._latency_s = cfg.link.latency_ms / 1000
         self._rng = random.Random(cfg.seed * 7919 + peer_id)  # link faults (gossip.sim.faults), all links
-        self.reassembly = fragment.Reassembler(cfg.security.max_message_bytes, cfg.link.reassembly_timeout_s)
+        self.reassembly = fragment.Reassembler(cfg.security.max_message_bytes, cfg.link.reassembly_timeout_s,
+                                               on_reject=lambda *why: self.on_refused(*why))  # into the result
         self._tasks: list[asyncio.Task[None]] = []
         self._monitors: list[zmq.asyncio.Socket] = []
         self.inbox: zmq.asyncio.Socket | None = None
         self._keys: curve.Keys | None = None  # security.curve: this peer's keys (gossip.runtime.curve)
         self._auth: Any = None  # and the ZAP handler that checks every client's key
+        self.bytes_at_risk = 0  # counted as sent, but maybe still with ZeroMQ when its linger expired
         self.inbox_resets = 0  # inbox connections cut: a frame over max_message_bytes, or a peer gone
         self.on_refused: curve.OnRefused = lambda reason, peer, detail: None  # the node counts them (curve)
 
@@ -170,7 +119,7 @@ class Transport:
                 "(another peer with this id, or another program, holds it? change topology.base_port)"
             ) from None
         self.inbox = inbox
-        self._monitor = inbox.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor = inbox.get_monitor_socket(zmq.EVENT_DISCONNECTED | curve.CLIENT_FAILED)
         self._tasks.append(asyncio.create_task(self._watch_inbox(self._monitor), name="inbox-monitor"))
         for nbr in self.neighbours:
             self._open_link(nbr)
@@ -243,7 +192,7 @@ class Transport:
             frames = piece[0]
             wire = self.shaper.wire_bytes(*(len(f) for f in frames))
             delay = link.bucket.reserve(wire)
-            if delay > 0:
+            if delay > MIN_SLEEP_S:  # a shorter wait is inside the burst: the next piece makes it up
                 await asyncio.sleep(delay)
             if self._latency_s > 0:
                 await link.delayed.put((time.monotonic() + self._latency_s, piece))
@@ -269,8 +218,10 @@ class Transport:
         link.bytes_sent += size
         link.wire_bytes_sent += wire
         link.pending -= size
+        link.recent.append(size)
         if not link.up:
             link.sent_while_down += size
+            link.messages_while_down += last
         self.bytes_sent_by_epoch[self.epoch] += size
         if last:
             link.messages_sent += 1
@@ -285,7 +236,7 @@ class Transport:
                 if not link.up:
                     log.debug("link_up", peer=link.peer)
                 link.up = link.was_up = True
-                link.sent_while_down = 0  # ZeroMQ hands its queue to the new connection
+                link.sent_while_down = link.messages_while_down = 0  # ZeroMQ hands its queue to the connection
             elif event & zmq.EVENT_DISCONNECTED:
                 link.up = False
                 log.debug("link_down", peer=link.peer)
@@ -295,24 +246,25 @@ class Transport:
     async def _watch_inbox(self, monitor: zmq.asyncio.Socket) -> None:
         """Count cut inbox connections (ZeroMQ drops an oversized frame's sender before we see a byte)."""
         while True:
-            await monitor.recv_multipart()
-            self.inbox_resets += 1
+            if not curve.client_failed(await monitor.recv_multipart(), self.on_refused):  # else counted there
+                self.inbox_resets += 1
 
     # ------------------------------------------------------------ receiving
     async def recv(self) -> tuple[int | None, list[bytes]]:
         """The next whole message: (neighbour id or None for an unknown sender, payload frames)."""
         while True:
             sender, frames = await self._recv_frames()
-            if len(frames) != 2:
+            header = fragment.header_of(frames[0], self.reassembly.max_bytes) if len(frames) == 2 else None
+            link = self.links.get(sender) if sender is not None else None
+            if header is None or link is None or sender is None:  # not a neighbour's fragment
+                self._count_in(link, sum(len(f) for f in frames), 1)
                 if sender is not None:
                     self.reassembly.interrupt(sender)
                 return sender, frames
-            if sender is None or sender not in self.links:  # fragments only from configured neighbours
-                self.reassembly.reject("fragment_unknown_sender", sender, "not a configured neighbour")
-                continue
-            whole = self.reassembly.offer(sender, frames[0], frames[1])
+            self._count_in(link, len(frames[1]), 0)  # message bytes, not the fragment header
+            whole = self.reassembly.offer(sender, header, frames[1])
             if whole is not None:
-                self.links[sender].messages_received += 1
+                link.messages_received += 1
                 return sender, [whole]
 
     async def _recv_frames(self) -> tuple[int | None, list[bytes]]:
@@ -322,17 +274,15 @@ class Transport:
             sender = parse_identity(frames[0])
         else:  # whose key signed the frame, never the routing identity it announces
             sender, frames = await curve.recv_signed(self.inbox, parse_identity, self.on_refused)
-        payload = frames[1:]
-        size = len(payload[-1]) if len(payload) == 2 else sum(len(f) for f in payload)  # not fragment headers
-        link = self.links.get(sender) if sender is not None else None
+        return sender, frames[1:]
+
+    def _count_in(self, link: Link | None, size: int, messages: int) -> None:
         if link is not None:
             link.bytes_received += size
-            if len(payload) != 2:
-                link.messages_received += 1
+            link.messages_received += messages
         else:
             self.bytes_received_unknown += size
         self.bytes_received_by_epoch[self.epoch] += size
-        return sender, payload
 
     # ------------------------------------------------------------ accounting
     def _total(self, name: str) -> int:
@@ -352,7 +302,7 @@ class Transport:
 
     @property
     def bytes_unsent(self) -> int:
-        return self._total("unsent_bytes")
+        return self._total("pending")
 
     @property
     def wire_bytes_sent(self) -> int:
@@ -373,6 +323,7 @@ class Transport:
                 out[key] += value
         out["bytes_received"] = self.bytes_received
         out["fragments_rejected"] = dict(self.reassembly.rejected)
+        out["bytes_at_risk"] = self.bytes_at_risk
         return dict(out)
 
     async def flush(self, timeout: float) -> None:
@@ -389,10 +340,11 @@ class Transport:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for link in self.links.values():
-            lost = 0 if link.up else link.sent_while_down  # ZeroMQ holds them for a connection that is gone
-            link.bytes_sent -= lost
-            link.unsent_bytes = link.pending + lost
-            link.unsent_messages = link.pending_messages
+            if not link.up:  # what ZeroMQ took for a connection that is gone never left
+                link.bytes_sent -= link.sent_while_down
+                link.messages_sent -= link.messages_while_down
+                link.pending += link.sent_while_down
+                link.pending_messages += link.messages_while_down
             link.socket.close()
         for monitor in self._monitors:
             monitor.close(0)
@@ -402,7 +354,11 @@ class Transport:
             self.inbox.close(0)
         if self._auth is not None:
             self._auth.stop()
+        t0 = time.monotonic()
         self.ctx.term()
-        unsent = self.bytes_unsent
+        if time.monotonic() - t0 >= 0.95 * LINGER_S:  # ZeroMQ gave up on what it still held
+            self.bytes_at_risk = sum(sum(link.recent) for link in self.links.values() if link.up)
+            log.warning("transport_linger_expired", bytes_at_risk=self.bytes_at_risk)
         log.info("transport_closed", address=topology.inbox_address(self.cfg, self.peer_id),
-                 bytes_sent=self.bytes_sent, bytes_unsent=unsent, dropped=self.dropped)
+                 bytes_sent=self.bytes_sent, bytes_unsent=self.bytes_unsent, dropped=self.dropped,
+                 bytes_at_risk=self.bytes_at_risk)

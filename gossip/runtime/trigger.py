@@ -16,6 +16,12 @@ Tuning guide (``communication:`` keys, defaults from the design card):
 
 Checked in that order; the first that fires names the sync (``sync`` events carry
 ``trigger=...``). ``Trigger`` is pure bookkeeping, with no clock and no I/O.
+
+``min_gap`` (1 unless :class:`gossip.runtime.adapt.Adapter` raised it because the link cannot
+keep up even at ``communication.min_density``): no trigger fires before this many batches since
+the last sync, and the interval cap becomes ``max(sync_interval, min_gap)``. ``hold`` (a link's
+backlog is over ``communication.adapt_target_backlog_s``): nothing fires this batch; the residual
+keeps growing (error feedback), so the next sync carries it.
 """
 
 from __future__ import annotations
@@ -42,8 +48,9 @@ class Trigger:
     grad_norm_at_sync: float | None = None
     fired: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
 
-    def observe(self, confidence: float, grad_norm: float) -> str | None:
-        """Record one batch; return the trigger that fires now, or None to keep training."""
+    def observe(self, confidence: float, grad_norm: float, min_gap: int = 1, hold: bool = False) -> str | None:
+        """Record one batch; return the trigger that fires now, or None to keep training
+        (``hold``: the link is behind, so nothing fires; the next batch asks again)."""
         self.batches_since_sync += 1
         self.confidence_sum += confidence
         if self.grad_norm_ema is None:
@@ -53,7 +60,9 @@ class Trigger:
 
         reason: str | None = None
         mean_confidence = self.confidence_sum / self.batches_since_sync
-        if self.batches_since_sync >= self.cfg.sync_interval:
+        if self.batches_since_sync < min_gap or hold:
+            return None  # the link is behind: let the residual grow into fewer messages
+        if self.batches_since_sync >= max(self.cfg.sync_interval, min_gap):
             reason = SYNC_INTERVAL
         elif mean_confidence < self.cfg.confidence_threshold:
             reason = CONFIDENCE

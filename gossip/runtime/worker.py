@@ -38,6 +38,7 @@ from gossip.errors import CheckpointError
 from gossip.observe.log import get_logger
 from gossip.protocol import wire
 from gossip.protocol.codec import ErrorFeedback, Layout, Sent, UpdateEncoder, make_encoder
+from gossip.runtime.adapt import Adapter, LeadBound
 from gossip.runtime.bridge import (
     FINISHED,
     Bridge,
@@ -81,6 +82,9 @@ class Worker:
         self.feedback = ErrorFeedback.for_config(cfg.codec, layout.numel, trainer.flat.device,
                                                  momentum=cfg.train.momentum)
         self.trigger = Trigger(cfg.communication)
+        # the loop measures the links and sets the density scale; the thread reads it (gossip.runtime.adapt)
+        self.adapter = Adapter(cfg.communication, cfg.codec.density, values=cfg.codec.values)
+        self.lead = LeadBound(cfg.communication.max_lead_steps)  # the loop writes lead.slowest
         self.policy = make_policy(cfg.communication)
         self.policy.bind_direction(self.feedback.residual)  # a robust policy judges updates by it
         self.bound = NormBound(cfg.communication)  # whatever the policy: no one update decides the run
@@ -129,6 +133,7 @@ class Worker:
                     continue  # resumed mid-epoch: the same batches, in the same order, were done before
                 if self.bridge.stop.is_set():
                     return self._stop(epoch, step)
+                self.lead.wait(lambda: self.progress.global_step, self._pause, self.bridge.stop.is_set)
                 with self.state_lock:
                     self.take(self.bridge.drain())
                     loss = self.train_batch(x, y, step)
@@ -152,7 +157,7 @@ class Worker:
         p = self.progress
         p.step, p.global_step = step + 1, p.global_step + 1
         p.loss, p.confidence = stats.loss, stats.confidence
-        reason = self.trigger.observe(stats.confidence, stats.grad_norm)
+        reason = self.trigger.observe(stats.confidence, stats.grad_norm, self.adapter.min_gap, self.adapter.holding())
         if reason is not None:
             self.send_update(reason)
         return stats.loss
@@ -192,6 +197,9 @@ class Worker:
         finished = FINISHED in items
         updates = [u for u in items if isinstance(u, wire.DecodedUpdate) and self._first_fold(u)]
         updates = self.bound.admit(updates, self._count_rejected)
+        by = self.progress.applied_by_origin
+        for update in updates:
+            by[update.node_id] = by.get(update.node_id, 0) + 1
         local = Local(step=self.progress.global_step, confidence=self.progress.confidence)
         rejected: list[wire.DecodedUpdate] = []
         with torch.no_grad():  # a windowed policy may buffer them, or close a window now
@@ -206,15 +214,14 @@ class Worker:
         if not self.applied.first_time(update.node_id, update.seq):
             log.error("update_refolded", node_id=update.node_id, seq=update.seq)
             return False
-        by = self.progress.applied_by_origin
-        by[update.node_id] = by.get(update.node_id, 0) + 1
         return True
 
-    def _count_rejected(self, update: wire.DecodedUpdate, reason: str = "aggregation_policy") -> None:
+    def _count_rejected(self, update: wire.DecodedUpdate, reason: str = "aggregation_policy",
+                        detail: str = "") -> None:
         p = self.progress
         p.updates_rejected_by_policy += 1
         p.rejected_by_policy[reason] = p.rejected_by_policy.get(reason, 0) + 1
-        self.rejects.note(reason, update.from_id, f"seq {update.seq}", node_id=update.node_id, seq=update.seq)
+        self.rejects.note(reason, update.from_id, detail, node_id=update.node_id, seq=update.seq)
 
     def answer_state(self, requester: int) -> None:
         """Send ``requester`` what this peer has published: ``flat - residual`` (see gossip.runtime.catchup).
@@ -251,11 +258,18 @@ class Worker:
         # a whole epoch of sparse updates for small models; int8 leaves ~0.5% of the residual.
         # (A 1- or 4-bit value codec is too coarse for the flush: it falls back to int8.)
         flush_values = self.cfg.codec.values if self.cfg.codec.values in ("int8", "fp16", "fp32") else "int8"
+        density, values = self.adapter.encode_settings(self.encoder)  # None: the encoder's own (the link keeps up)
         encoded = (self.encoder.encode(self.feedback, density=1.0, values=flush_values) if final
-                   else self.encoder.encode(self.feedback))
+                   else self.encoder.encode(self.feedback, density=density, values=values))
         step, confidence = self._header()
         self._send(encoded.msg, reason, final=final, step=step if encoded.step is None else encoded.step,
                    confidence=confidence if encoded.confidence is None else encoded.confidence, sent=encoded.sent)
+
+    def _pause(self) -> None:
+        """Wait for the neighbours without the model lock, still folding in what arrives."""
+        items = self.bridge.wait(WAIT_POLL_S)
+        with self.state_lock:
+            self.take(items)
 
     def _header(self) -> tuple[int, float]:
         """The (step, confidence) our next update's header carries."""
@@ -313,6 +327,8 @@ class Worker:
             log.info("robust_summary", policy=self.cfg.communication.aggregation, **self.policy.stats)
         log.info("norm_bound_summary", factor=self.bound.factor, peak=round(self.bound.peak, 4), **self.bound.stats)
         self.rejects.flush(force=True)
+        self.adapter.summary()
+        self.lead.flush(self.progress.global_step)
         if self.cfg.communication.bn_recalibrate_batches:  # statistics for the averaged weights
             layers = self.trainer.recalibrate_bn(self.cfg.communication.bn_recalibrate_batches)
             log.info("bn_recalibrated", layers=layers, batches=self.cfg.communication.bn_recalibrate_batches)

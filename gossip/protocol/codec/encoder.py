@@ -41,6 +41,7 @@ from gossip._proto import gossip_pb2 as pb
 from gossip.config import CodecConfig
 from gossip.observe.log import get_logger
 from gossip.protocol.codec import index as index_codecs
+from gossip.protocol.codec import kernel
 from gossip.protocol.codec.base import SELECTORS, VALUE_CODECS, chunk_lengths
 from gossip.protocol.codec.decoder import decode_update
 from gossip.protocol.codec.feedback import ErrorFeedback
@@ -107,12 +108,14 @@ class Encoder:
         self.sparse_ranges, self.dense_ranges = layout.ranges(cfg.dense_below)
         self.eligible = int((self.sparse_ranges[:, 1] - self.sparse_ranges[:, 0]).sum())
         self.dense_index = _aranges(self.dense_ranges)
+        self.dense_chunks = chunk_lengths(self.dense_ranges[:, 1] - self.dense_ranges[:, 0], cfg.chunk)
         self.all_ranges = layout.tensor_ranges()
         # one stream per (seed, peer): peers must not pick the same random indices
         self.rng = np.random.default_rng(seed if peer is None else (seed, peer))
         self.calls = 0
         self.powersgd = (PowerSGD(layout, cfg.powersgd_rank, cfg.dense_below, seed)
                          if cfg.select == "powersgd" else None)
+        kernel.available()  # compile or load the kernels now, not inside the first encode
 
     def density(self) -> float:
         """The density the next ``encode()`` without an explicit one will use."""
@@ -184,7 +187,10 @@ class Encoder:
             if norm > self.cfg.clip_norm:
                 target = sent * np.float32(self.cfg.clip_norm / norm)
         codec = VALUE_CODECS.by_name(value_name)
-        chunks = chunk_lengths(np.concatenate([[indices.size], segments[:, 1] - segments[:, 0]]), self.cfg.chunk)
+        if segments is self.dense_ranges:  # groups are cut independently: the dense part never changes
+            chunks = np.concatenate([chunk_lengths(np.array([indices.size]), self.cfg.chunk), self.dense_chunks])
+        else:
+            chunks = chunk_lengths(np.concatenate([[indices.size], segments[:, 1] - segments[:, 0]]), self.cfg.chunk)
         payload, scales = codec.encode(target, chunks)
         decoded = codec.decode(payload, scales, chunks)
         left = sent - decoded

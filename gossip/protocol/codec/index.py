@@ -10,11 +10,12 @@ Sizes at density ``p`` (bits per kept index; the floor is the entropy of choosin
   stream). Within ~0.5 % of the entropy floor on uniformly spread indices.
 * ``rice_zlib`` — the two Rice streams through zlib. Real top-k sets are far from
   uniform (runs of neighbours, rows of a low-rank gradient repeating the same
-  columns): on ResNet-18 / MNIST-CNN gradients at 1 % this takes ~3.7-4.4 bits
+  columns): on ResNet-18 / MNIST-CNN gradients at 1 % this takes ~3.9-4.6 bits
   per index where the uniform floor is 8.08 and plain Rice 8.5. The streams are
   deflated with zlib's ``Z_RLE`` strategy (matches at distance 1 + Huffman): on
-  those gradients it is 1.7x faster than level 1 and 5-7 % smaller than level 6
-  (any zlib stream decodes; the level then only matters when it is 0: stored).
+  those gradients it is 1.7-1.8x faster than level 1's default strategy, 6-7 %
+  smaller than level 1 and 1-3 % smaller than level 6 (any zlib stream decodes;
+  the level then only matters when it is 0: stored).
 * ``delta_zlib`` — gaps as uint32 byte planes, then zlib at ``codec.zlib_level``.
 * ``bitmap_zlib`` — an ``n``-bit bitmap, then zlib; competitive only when dense.
 * ``auto`` (default) — ``bitmap_zlib`` above :data:`AUTO_BITMAP_ABOVE` density,

@@ -3,11 +3,14 @@
 * ``sampled_topk`` (default) — Deep Gradient Compression's trick: estimate the
   k-th largest magnitude from a strided sample of |x| (about :data:`SAMPLE_HITS`
   sampled elements above it), aim a little high (``margin`` ~ 3 standard
-  deviations of the estimate), select ``|x| >= threshold`` in one blocked pass,
-  then trim the few extra to exactly ``k`` with a partition over the candidates
-  only. If the estimate came out far too high, the pass repeats with a lower
-  threshold. One pass over memory instead of ``torch.topk``'s sort-like work:
-  10-20x faster than ``torch.topk`` on one core (gossip.bench codec).
+  deviations of the estimate), select ``|x| >= threshold`` in one pass, then
+  trim the few extra to exactly ``k`` with a partition over the candidates only.
+  If the estimate came out far too high, the pass repeats with a lower
+  threshold. On the CPU the pass and the trim run in the compiled kernels of
+  :mod:`gossip.protocol.codec.kernel` when a C compiler is there (blocked numpy
+  otherwise, with identical results). One pass over memory instead of
+  ``torch.topk``'s sort-like work: at 1 % the whole encode runs ~8x (MNIST CNN)
+  to ~25x (ResNet-18) faster than ``torch.topk`` alone on one core (gossip.bench codec).
 * ``topk`` — exact top-k (``numpy.argpartition``), the reference.
 * ``randomk`` — k uniformly random positions: unbiased, but it moves far less of
   the residual per message (ResNet-18 at 1 %: 3 % of the gradient's norm where
@@ -80,9 +83,9 @@ def _scan(residual: torch.Tensor, ranges: np.ndarray, threshold: float,
     pass when it is available and about ``expect`` elements qualify; numpy otherwise.
     """
     if residual.device.type == "cpu" and expect > 0:
-        found = kernel.scan(_numpy(residual), ranges, threshold, 2 * expect + 1024)
-        if found is not None:
-            return found
+        fused = kernel.scan(_numpy(residual), ranges, threshold, 2 * expect + 1024)
+        if fused is not None:
+            return fused
     index_parts: list[np.ndarray] = []
     value_parts: list[np.ndarray] = []
     if residual.device.type != "cpu":  # accelerator: whole ranges at a time, then to the host
@@ -110,13 +113,24 @@ def _scan(residual: torch.Tensor, ranges: np.ndarray, threshold: float,
     return np.concatenate(index_parts).astype(np.int64, copy=False), np.concatenate(value_parts)
 
 
+def _kth_largest(mags: np.ndarray, k: int) -> float:
+    """The ``k``-th largest of non-negative float32 ``mags``, selected as int32 bit patterns:
+    their order is the float order (NaN, if any, above inf, as numpy sorts it) and integer
+    selection is ~1.7x faster."""
+    bits = np.partition(mags.view(np.int32), mags.size - k)[mags.size - k]
+    return float(np.array(bits, dtype=np.int32).view(np.float32)[()])
+
+
 def _trim(indices: np.ndarray, values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Keep the ``k`` largest magnitudes (ties may keep a few more), order preserved."""
     if indices.size <= k:
         return indices, values
     mags = np.abs(values)
-    kth = np.partition(mags, indices.size - k)[indices.size - k]
-    keep = mags >= kth
+    kth = _kth_largest(mags, k)
+    kept = kernel.keep(indices, values, kth)
+    if kept is not None:
+        return kept
+    keep = mags >= np.float32(kth)
     return indices[keep], values[keep]
 
 
@@ -130,9 +144,14 @@ class SampledTopK(Selector):
         want = max(SAMPLE_MIN, int(SAMPLE_HITS * eligible / k))
         stride = max(1, eligible // want)
         offset = int(rng.integers(stride))
-        if residual.device.type == "cpu":
+        if residual.device.type == "cpu":  # |x| straight into one buffer: no concatenate, no copy
             x = _numpy(residual)
-            sample = np.abs(np.concatenate([x[s + offset:e:stride] for s, e in ranges]))
+            parts = [x[s + offset:e:stride] for s, e in ranges.tolist()]
+            sample = np.empty(sum(p.size for p in parts), dtype=np.float32)
+            pos = 0
+            for part in parts:
+                np.abs(part, out=sample[pos:pos + part.size])
+                pos += part.size
         else:
             sample = torch.cat([residual[s + offset:e:stride] for s, e in ranges]).abs().cpu().numpy()
         expected_hits = sample.size * k / eligible
@@ -140,7 +159,7 @@ class SampledTopK(Selector):
         indices = values = np.zeros(0)
         for _ in range(3):
             hits = min(sample.size, max(1, math.ceil(expected_hits * margin)))
-            threshold = float(np.partition(sample, sample.size - hits)[sample.size - hits])
+            threshold = _kth_largest(sample, hits)
             threshold = max(threshold, float(np.finfo(np.float32).tiny))  # never select exact zeros
             indices, values = _scan(residual, ranges, threshold, math.ceil(k * margin))
             if indices.size >= LOW_COUNT * k or hits == sample.size:

@@ -1,0 +1,298 @@
+"""Sending what the link carries: a density controller and a bound on how far a peer runs ahead.
+
+:class:`Adapter` (the loop feeds it, the training thread reads it). Once a tick the loop hands it
+every link's counters (:meth:`gossip.runtime.transport.Transport.link_stats`): ``bytes_sent``
+(taken by ZeroMQ), ``bytes_queued`` (accepted) and ``bytes_unsent`` (the backlog). Per link it
+keeps the achieved throughput (bytes sent per second, measured only over intervals the link was
+busy at both ends, so an idle link does not look slow) and the backlog in seconds (``unsent /
+throughput``). The worst live link decides, because every update goes to every neighbour.
+The thread multiplies the density of each encode by :attr:`Adapter.scale`, syncs at most
+every :attr:`Adapter.min_gap` batches, and defers a sync while :attr:`Adapter.hold` (a live
+link's backlog is over the target, judged every tick): the queue stays bounded at once, before
+the slower density decisions have caught up. Error feedback keeps what is not sent: a lower density
+loses nothing, it only delays.
+
+Tuning guide (``communication:`` keys):
+
+* ``adapt: true`` — on by default; it does nothing while the backlog stays under the target
+  (a 10 Gbps link never queues seconds of updates). ``false``: the configured density always.
+* ``adapt_target_backlog_s: 1.0`` — the backlog (seconds of sending at the measured throughput)
+  above which the density falls. It is about the delay an update waits behind others before it
+  leaves: lower it for fresher updates at the price of fewer kept elements; raise it when the
+  throughput is jumpy. Density rises again, by ``UP`` per decision, once the backlog is under
+  ``LOW_FRACTION`` of the target and one step up still fits ``UTIL`` of the measured throughput
+  (the gap between the two thresholds is the hysteresis: no flapping); after ``PROBE_AFTER``
+  decisions in a row with nothing queued it rises anyway, a step per decision until a backlog
+  shows (the link may have got faster: an idle link is not measured).
+* ``min_density: 0.0005`` — the floor of the adapted density (kept / eligible elements; the
+  configured ``codec.density`` is the ceiling). At the floor, when the link still cannot keep
+  up, the sync gap doubles (up to ``MAX_GAP`` batches), and halves back first when it can.
+* ``adapt_interval_s: 1.0`` — seconds between two decisions. Shorter reacts sooner but judges
+  on fewer messages (updates leave in bursts, one per sync).
+
+A decrease aims the offered rate (bytes queued per second) at ``UTIL`` of the throughput,
+less what drains the backlog above the target within ``adapt_target_backlog_s``; it is never
+smaller than ``1/DOWN_MAX`` per decision, and none happens while the backlog already drains
+that fast. Decisions are logged as one ``adapt`` event per
+change (link, throughput, backlog, density, why) and a summary, ``adapt_summary``, at the end.
+
+:class:`LeadBound`: the training thread waits before its next batch while it is more than
+``communication.max_lead_steps`` global steps ahead of the slowest live neighbour that has not
+finished (steps from their heartbeats; 0: no bound). Heartbeats queue behind updates on a
+congested link, so the bound also slows a peer whose neighbours hear it late.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gossip.config import CommunicationConfig
+from gossip.observe.log import get_logger
+
+log = get_logger(__name__)
+
+UTIL = 0.8  # the share of a busy link's throughput a decrease aims the offered rate at
+UP = 1.25  # density (or sync gap, inverted) per decision once the backlog is low
+DOWN_MAX = 4.0  # at most this factor down per decision: one bad sample must not floor it
+LOW_FRACTION = 0.25  # rise only under this share of the target backlog (hysteresis)
+MAX_GAP = 16  # batches between syncs at most (at the density floor)
+EMA = 0.5  # weight of the newest throughput sample
+PROBE_AFTER = 10  # quiet decisions after which the density rises even if the last throughput says no
+WAIT_LOG_S = 5.0
+LADDER = ("fp32", "fp16", "int8")  # value codecs a shrinking byte budget steps through, in order
+VALUE_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0}  # per kept value (int8's per-chunk scales aside)
+INDEX_BYTES = 0.5  # per kept element: Rice-coded gaps at a few per cent density, about 4 bits  # waiting_for_neighbours: one line per this many seconds at most
+
+
+@dataclass
+class _LinkState:
+    sent: int = 0
+    queued: int = 0
+    unsent: int = 0
+    at: float = 0.0
+    throughput: float | None = None  # bytes/s while busy
+    offered: float = 0.0  # bytes/s queued, smoothed
+
+
+@dataclass
+class Adapter:
+    """The density/sync-gap controller; :meth:`observe` from the loop, :attr:`scale` and :attr:`min_gap` from the thread."""
+
+    cfg: CommunicationConfig
+    density: float  # the configured codec.density (the ceiling)
+    clock: Callable[[], float] = time.monotonic
+    values: str = "int8"  # the configured codec.values (the most precise the controller uses)
+    scale: float = 1.0  # bytes per update against the configured codec's (settings() turns it into both)
+    min_gap: int = 1  # the thread syncs at most every min_gap batches
+    links: dict[str, _LinkState] = field(default_factory=dict)
+    decided_at: float | None = None
+    backlog_s: float = 0.0  # worst live link at the last observation (telemetry)
+    hold: bool = False  # the thread defers its next sync: a live link is over the target backlog
+    held_batches: int = 0  # batches after which the thread deferred a sync (it counts them)
+    changes: int = 0
+    lowest: float = 1.0
+    quiet: int = 0  # decisions in a row with nothing queued on any live link
+
+    @property
+    def enabled(self) -> bool:
+        return self.cfg.adapt and self.floor < 1.0
+
+    @property
+    def floor(self) -> float:
+        cheapest = self._ladder()[-1]
+        return min(1.0, self.cfg.min_density * _cost(cheapest) / (self.density * _cost(self.values)))
+
+    @property
+    def current_density(self) -> float:
+        return self.settings()[0]
+
+    def _ladder(self) -> tuple[str, ...]:
+        """The configured value codec, then the cheaper ones the controller may step down to."""
+        return LADDER[LADDER.index(self.values):] if self.values in LADDER else (self.values,)
+
+    def settings(self, scale: float | None = None) -> tuple[float, str]:
+        """(density, value codec) for a byte budget of ``scale`` x the configured update's: first a
+        cheaper value codec at the configured density (fp32 -> fp16 -> int8: per-chunk int8 loses
+        far less than dropping elements), then fewer elements, down to ``min_density``."""
+        scale = self.scale if scale is None else scale
+        budget = scale * _cost(self.values)
+        for values in self._ladder():
+            density = self.density * budget / _cost(values)
+            if density >= self.density * (1 - 1e-9):
+                return self.density, values
+        return max(self.cfg.min_density, density), values
+
+    def observe(self, stats: dict[str, dict[str, int]], down: frozenset[str] = frozenset()) -> str | None:
+        """Take the links' counters now; decide when due. Returns why the setting changed, or None."""
+        now = self.clock()
+        for name, c in stats.items():
+            self._sample(name, c, now)
+        if not self.enabled:
+            return None
+        live = {n: s for n, s in self.links.items() if n not in down}
+        self.backlog_s, _ = self._worst(live)
+        self.hold = self.backlog_s > self.cfg.adapt_target_backlog_s  # every tick: the queue stays bounded
+        if self.decided_at is None:
+            self.decided_at = now
+        if now - self.decided_at < self.cfg.adapt_interval_s:
+            return None
+        self.decided_at = now
+        return self.decide(live)
+
+    @staticmethod
+    def _worst(links: dict[str, _LinkState]) -> tuple[float, str | None]:
+        """The largest backlog in seconds among ``links``, and whose."""
+        worst, name = 0.0, None
+        for n, s in links.items():
+            if s.unsent <= 0 or s.throughput is None:
+                continue  # nothing waiting, or never busy long enough to measure: not a bottleneck
+            backlog = s.unsent / s.throughput
+            if backlog > worst:
+                worst, name = backlog, n
+        return worst, name
+
+    def _sample(self, name: str, c: dict[str, int], now: float) -> None:
+        sent, queued, unsent = c.get("bytes_sent", 0), c.get("bytes_queued", 0), c.get("bytes_unsent", 0)
+        s = self.links.get(name)
+        if s is None:
+            self.links[name] = _LinkState(sent, queued, unsent, now)
+            return
+        dt = now - s.at
+        if dt <= 0:
+            return
+        if s.unsent > 0 and unsent > 0 and sent > s.sent:  # busy the whole interval: its capacity
+            rate = (sent - s.sent) / dt
+            s.throughput = rate if s.throughput is None else EMA * rate + (1 - EMA) * s.throughput
+        s.offered = EMA * max(0, queued - s.queued) / dt + (1 - EMA) * s.offered
+        s.sent, s.queued, s.unsent, s.at = sent, queued, unsent, now
+
+    def decide(self, links: dict[str, _LinkState]) -> str | None:
+        """One decision on the live ``links``: lower, hold or raise the density (and the sync gap)."""
+        target = self.cfg.adapt_target_backlog_s
+        worst, name = self._worst(links)
+        self.backlog_s = worst
+        if name is not None and worst > target:
+            s = links[name]
+            assert s.throughput is not None
+            # drain what is above the target within one target period, on top of UTIL of the link
+            want = max(0.1 * s.throughput, UTIL * s.throughput - (s.unsent - target * s.throughput) / target)
+            if s.offered <= want:
+                return None  # already draining fast enough: lowering more would only lose freshness
+            factor = min(1 / UP, max(1 / DOWN_MAX, want / s.offered))
+            if self.scale > self.floor:
+                return self._set(max(self.floor, self.scale * factor), self.min_gap, name, s, "backlog_over_target")
+            if self.min_gap < MAX_GAP:
+                return self._set(self.scale, min(MAX_GAP, self.min_gap * 2), name, s, "backlog_at_density_floor")
+            return None
+        self.quiet = self.quiet + 1 if worst == 0.0 else 0
+        if worst < LOW_FRACTION * target and (self.scale < 1.0 or self.min_gap > 1) and self._room(links):
+            s = links[name] if name is not None else _LinkState()
+            if self.min_gap > 1:
+                return self._set(self.scale, self.min_gap // 2, name, s, "backlog_low")
+            return self._set(min(1.0, self.scale * UP), 1, name, s, "backlog_low")
+        return None  # between the thresholds: hold (hysteresis)
+
+    def _room(self, links: dict[str, _LinkState]) -> bool:
+        """Would one step up still fit every busy link (UTIL of its throughput)? After PROBE_AFTER
+        quiet decisions, yes anyway: the link may have got faster, and an idle link is not measured."""
+        if self.quiet >= PROBE_AFTER:
+            return True
+        return all(s.throughput is None or s.offered * UP <= UTIL * s.throughput for s in links.values())
+
+    def _set(self, scale: float, gap: int, link: str | None, s: _LinkState, why: str) -> str:
+        self.scale, self.min_gap = scale, gap
+        self.changes += 1
+        self.lowest = min(self.lowest, scale)
+        density, values = self.settings()
+        log.info("adapt", link=link, why=why, throughput_mbps=_mbps(s.throughput), offered_mbps=_mbps(s.offered),
+                 backlog_s=round(self.backlog_s, 2), backlog_bytes=s.unsent,
+                 density=round(density, 6), values=values, bytes_scale=round(scale, 4), sync_gap=gap)
+        return why
+
+    def holding(self) -> bool:
+        """For the thread, once a batch: defer this batch's sync? (counted)"""
+        hold = self.hold  # one read: the loop rewrites it every tick
+        self.held_batches += hold
+        return hold
+
+    def encode_settings(self, encoder: object) -> tuple[float | None, str | None]:
+        """(density, values) for the thread's next encode with ``encoder``; None where the encoder's
+        own setting stands. Its own density (a sparsity warm-up may raise it) is scaled likewise."""
+        if self.scale >= 1.0:
+            return None, None
+        own = getattr(encoder, "density", None)  # a wrapper (gossip.sim.attacks) may not say
+        base = float(own()) if callable(own) else self.density
+        density, values = self.settings()
+        return max(self.cfg.min_density, density * base / self.density), None if values == self.values else values
+
+    def telemetry(self) -> dict[str, Any]:
+        return {"density": self.current_density, "backlog_s": round(self.backlog_s, 3), "sync_gap": self.min_gap}
+
+    def summary(self) -> None:
+        if self.enabled:
+            log.info("adapt_summary", changes=self.changes, held_batches=self.held_batches,
+                     density=round(self.current_density, 6),
+                     lowest_density=round(self.settings(self.lowest)[0], 6), values=self.settings()[1],
+                     sync_gap=self.min_gap)
+
+
+def _cost(values: str) -> float:
+    """Bytes per kept element on the wire with ``values`` (its index included, roughly)."""
+    return VALUE_BYTES.get(values, 1.0) + INDEX_BYTES
+
+
+def _mbps(rate: float | None) -> float | None:
+    return None if rate is None or not math.isfinite(rate) else round(rate * 8 / 1e6, 2)
+
+
+@dataclass
+class LeadBound:
+    """``max_lead_steps`` ahead of the slowest live neighbour at most; the loop writes :attr:`slowest`."""
+
+    max_lead_steps: int
+    clock: Callable[[], float] = time.monotonic
+    slowest: int | None = None  # the loop's latest figure; None: no live, unfinished neighbour
+    waits: int = 0
+    waited_s: float = 0.0
+    _logged_at: float = 0.0
+    _logged_waits: int = 0
+    _logged_s: float = 0.0
+
+    def blocks(self, step: int) -> bool:
+        slowest = self.slowest  # one read: the loop may replace it meanwhile
+        return self.max_lead_steps > 0 and slowest is not None and step - slowest > self.max_lead_steps
+
+    def wait(self, step: Callable[[], int], pause: Callable[[], None], stop: Callable[[], bool]) -> float:
+        """Call ``pause`` (the thread's bridge wait: it folds in what arrives) until the slowest
+        neighbour is within the bound or ``stop``; returns the seconds waited."""
+        if not self.blocks(step()):
+            return 0.0
+        t0 = self.clock()
+        while self.blocks(step()) and not stop():
+            pause()
+        waited = self.clock() - t0
+        self.waits += 1
+        self.waited_s += waited
+        self._note(step())
+        return waited
+
+    def _note(self, step: int, force: bool = False) -> None:
+        now = self.clock()
+        if self.waits > self._logged_waits and (force or now - self._logged_at >= WAIT_LOG_S):
+            log.info("waiting_for_neighbours", waits=self.waits - self._logged_waits,
+                     seconds=round(self.waited_s - self._logged_s, 2), step=step, slowest=self.slowest,
+                     max_lead_steps=self.max_lead_steps, total_waits=self.waits, total_s=round(self.waited_s, 2))
+            self._logged_at, self._logged_waits, self._logged_s = now, self.waits, self.waited_s
+
+    def flush(self, step: int) -> None:
+        self._note(step, force=True)
+
+
+def slowest_step(steps: dict[int, int], live: Callable[[int], bool]) -> int | None:
+    """The lowest heartbeat step among the neighbours ``live`` says may still hold us."""
+    held = [s for n, s in list(steps.items()) if live(n)]
+    return min(held, default=None)

@@ -1,0 +1,280 @@
+"""Sending what the link carries (gossip.runtime.adapt) and finishing after a partition (membership).
+
+In process, fake clocks: the density controller (throughput and backlog in, density out; bounds;
+hysteresis; nothing changes while nothing queues), the lead bound (fake neighbour steps), the
+trigger's sync gap, and a peer that sees every neighbour go silent at once.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gossip import config
+from gossip.protocol import wire
+from gossip.runtime.adapt import MAX_GAP, Adapter, LeadBound, slowest_step
+from gossip.runtime.ledger import Ledger
+from gossip.runtime.membership import Membership
+from gossip.runtime.outcome import Counters
+from gossip.runtime.testing import Clock, MemoryLink
+from gossip.runtime.trigger import Trigger
+
+MB = 1_000_000
+
+
+def adapter(*overrides: str) -> tuple[Adapter, Clock]:
+    cfg = config.load(None, ["codec.density=0.05", *overrides])
+    clock = Clock()
+    return Adapter(cfg.communication, cfg.codec.density, clock), clock
+
+
+class FakeLink:
+    """One link's counters: ``offer`` bytes/s queued, at most ``rate`` bytes/s sent."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.sent, self.queued = rate, 0, 0
+
+    def run(self, seconds: float, offer: float) -> dict[str, int]:
+        self.queued += int(offer * seconds)
+        self.sent = min(self.queued, self.sent + int(self.rate * seconds))
+        return {"bytes_sent": self.sent, "bytes_queued": self.queued, "bytes_unsent": self.queued - self.sent}
+
+
+def drive(a: Adapter, clock: Clock, link: FakeLink, seconds: float, offer_at_full: float) -> list[str]:
+    """Half-second ticks; the offered rate follows the adapted density (bytes ∝ kept elements)."""
+    why = []
+    for _ in range(int(seconds / 0.5)):
+        clock.advance(0.5)
+        offer = 0.0 if a.hold else offer_at_full * a.scale / a.min_gap  # a held sync sends nothing
+        got = a.observe({"1": link.run(0.5, offer)})
+        if got:
+            why.append(got)
+    return why
+
+
+def test_an_empty_backlog_leaves_the_density_alone():
+    a, clock = adapter()
+    fast = FakeLink(1.25e9)  # 10 Gbps: every burst leaves within the tick
+    assert drive(a, clock, fast, 30, offer_at_full=20 * MB) == []
+    assert a.scale == 1.0 and a.min_gap == 1 and a.encode_settings(None) == (None, None)
+    assert a.backlog_s == 0.0 and a.changes == 0
+
+
+def test_a_slow_link_lowers_the_density_until_the_backlog_is_under_target():
+    a, clock = adapter()
+    slow = FakeLink(6.25 * MB)  # 50 Mbit/s; unshaped, this peer queues 20 MB/s
+    why = drive(a, clock, slow, 40, offer_at_full=20 * MB)
+    assert why and set(why) <= {"backlog_over_target", "backlog_low", "backlog_at_density_floor"}
+    assert why[0] == "backlog_over_target"
+    assert 0.1 < a.scale < 0.5  # what 6.25 of 20 MB/s allows, with headroom to drain
+    assert a.encode_settings(None)[0] == pytest.approx(0.05 * a.scale)
+    assert slow.queued - slow.sent < 2.0 * slow.rate  # the backlog is back under the target
+    assert a.links["1"].throughput == pytest.approx(6.25 * MB, rel=0.05)
+
+
+def test_a_backlog_over_target_holds_the_next_sync_at_once():
+    a, clock = adapter()
+    link = FakeLink(6.25 * MB)
+    a.observe({"1": link.run(0.5, 0)})
+    clock.advance(0.5)
+    a.observe({"1": link.run(0.5, 30 * MB)})  # a burst: 30 MB queued, 3 MB of it sent
+    assert not a.hold  # not measured yet: one interval busy at both ends is needed
+    clock.advance(0.5)
+    a.observe({"1": link.run(0.5, 0)})
+    assert a.hold and a.backlog_s > a.cfg.adapt_target_backlog_s
+    for _ in range(12):
+        clock.advance(0.5)
+        a.observe({"1": link.run(0.5, 0)})
+    assert not a.hold and a.backlog_s == 0.0
+    t = Trigger(a.cfg)
+    assert t.observe(0.1, 1.0, hold=True) is None and t.observe(0.1, 1.0) == "confidence"
+
+
+def test_density_never_falls_below_min_density_then_the_sync_gap_grows():
+    a, clock = adapter("communication.min_density=0.01")
+    crawl = FakeLink(0.05 * MB)
+    why = drive(a, clock, crawl, 60, offer_at_full=20 * MB)
+    assert a.current_density == pytest.approx(0.01) and a.scale == pytest.approx(0.2)
+    assert "backlog_at_density_floor" in why and 1 < a.min_gap <= MAX_GAP
+    assert a.encode_settings(None)[0] == pytest.approx(0.01)
+
+
+def test_hysteresis_holds_between_the_thresholds_and_recovers_when_the_link_frees():
+    a, clock = adapter()
+    link = FakeLink(6.25 * MB)
+    drive(a, clock, link, 40, offer_at_full=20 * MB)
+    settled, changes = a.scale, a.changes
+    link.rate = 6.25 * MB  # same link, steady: a few more decisions, no flapping up and down
+    why = drive(a, clock, link, 20, offer_at_full=20 * MB)
+    assert a.changes - changes <= 4 and abs(a.scale - settled) / settled < 1.0
+    assert not ("backlog_low" in why and "backlog_over_target" in why[why.index("backlog_low"):][:2])
+    link.rate = 1.25e9  # the link frees up: back to the configured density
+    drive(a, clock, link, 30, offer_at_full=20 * MB)
+    assert a.scale == 1.0 and a.min_gap == 1
+
+
+def test_adapt_off_and_a_down_link_change_nothing():
+    a, clock = adapter("communication.adapt=false")
+    assert drive(a, clock, FakeLink(0.1 * MB), 20, offer_at_full=20 * MB) == [] and a.scale == 1.0
+    b, clock = adapter()
+    link = FakeLink(0.1 * MB)
+    for _ in range(40):  # a link to a neighbour marked down queues forever: not a bandwidth problem
+        clock.advance(0.5)
+        assert b.observe({"1": link.run(0.5, 20 * MB)}, down=frozenset({"1"})) is None
+    assert b.scale == 1.0
+
+
+def test_the_sync_gap_holds_every_trigger_back():
+    t = Trigger(config.load(None, []).communication)  # sync_interval 5
+    fired = [t.observe(0.1, 1.0, min_gap=4) for _ in range(8)]  # unsure: confidence fires as soon as allowed
+    assert fired == [None, None, None, "confidence"] * 2
+    t2 = Trigger(config.load(None, ["communication.confidence_threshold=0",
+                                    "communication.grad_norm_threshold=0"]).communication)
+    assert [t2.observe(0.9, 1.0, min_gap=8) for _ in range(8)][-1] == "sync_interval"
+
+
+# ---------------------------------------------------------------- the lead bound
+
+
+def test_the_lead_bound_waits_for_the_slowest_live_neighbour():
+    clock = Clock()
+    lead = LeadBound(max_lead_steps=10, clock=clock)
+    steps = {1: 95, 2: 80}
+    down: set[int] = set()
+    lead.slowest = slowest_step(steps, lambda n: n not in down)
+    assert lead.slowest == 80 and not lead.blocks(90) and lead.blocks(91)
+
+    def pause() -> None:  # the thread's bridge wait; meanwhile neighbour 2 trains on
+        clock.advance(0.1)
+        steps[2] += 1
+        lead.slowest = slowest_step(steps, lambda n: n not in down)
+
+    waited = lead.wait(lambda: 100, pause, lambda: False)
+    assert steps[2] == 90 and waited == pytest.approx(1.0) and lead.waits == 1
+    down.add(2)  # a down neighbour holds nobody
+    lead.slowest = slowest_step(steps, lambda n: n not in down)
+    assert lead.slowest == 95 and not lead.blocks(105)
+    lead.slowest = slowest_step(steps, lambda n: False)  # nobody live: nobody to wait for
+    assert lead.slowest is None and not lead.blocks(10_000)
+    assert lead.wait(lambda: 10_000, pause, lambda: False) == 0.0
+
+
+def test_no_bound_and_stop_never_hang():
+    assert not LeadBound(0, slowest=0).blocks(10**6)
+    lead = LeadBound(5, slowest=0, clock=Clock())
+    assert lead.wait(lambda: 100, lambda: None, lambda: True) == 0.0  # a stop request ends the wait
+
+
+# ---------------------------------------------------------------- finishing after a partition
+
+PEERS, SILENCE, WAIT = 4, 5.0, 30.0
+
+
+class Swarm:
+    def __init__(self, wait: float = WAIT) -> None:
+        self.clock = Clock()
+        self.ledger = Ledger(0, PEERS, self.clock())
+        self.counters = Counters()
+        self.link = MemoryLink((1, 2, 3))
+        self.finished: list[bool] = []
+        self.m = Membership(0, self.ledger, self.link.broadcast, self.counters, silence_s=SILENCE,
+                            on_all_delivered=lambda: self.finished.append(True), clock=self.clock,
+                            partition_wait_s=wait)
+
+    def tick(self, seconds: float) -> None:
+        for _ in range(int(seconds * 2)):
+            now = self.clock.advance(0.5)
+            self.m.heartbeat(now)
+            self.m.check_down(now)
+
+    def hear(self, *peers: int) -> None:
+        for p in peers:
+            self.ledger.heard(p, self.clock())
+
+
+def test_a_partition_holds_the_finish_until_the_link_comes_back():
+    s = Swarm()
+    s.m.training_done(last_seq=9)
+    s.m.on_done(wire.Done(node_id=1, last_seq=4, complete=False))  # updates 0..4 of peer 1 not here yet
+    s.tick(SILENCE + 2)  # everyone silent at once
+    assert s.ledger.down() == [1, 2, 3] and s.m.partitioned_since is not None
+    assert not s.finished  # without the wait: "all delivered" (everybody down) and a divergent model
+    s.tick(10)
+    s.hear(1, 2, 3)  # the link is back
+    s.m.check_down(s.clock())
+    assert s.m.partitioned_since is None and s.ledger.down() == []
+    for seq in range(5):
+        s.ledger.first_time(1, seq)
+    for p, last in ((1, 4), (2, -1), (3, -1)):
+        s.m.on_done(wire.Done(node_id=p, last_seq=last, complete=False))
+    s.m.check_finish()
+    assert s.finished == [True] and s.m.finish_reason == "all_delivered"
+
+
+def test_after_partition_wait_the_peer_gives_up_and_says_why():
+    s = Swarm()
+    s.m.training_done(last_seq=3)
+    s.tick(SILENCE + 2)
+    assert s.m.partitioned_since is not None and not s.finished
+    s.tick(WAIT - 3)
+    assert not s.finished
+    s.tick(4)
+    assert s.finished == [True] and s.m.finish_reason == "gave_up_after_partition"
+
+
+def test_peers_lost_one_by_one_are_a_crash_not_a_partition():
+    s = Swarm()
+    s.m.training_done(last_seq=3)
+    s.tick(2)
+    s.hear(2, 3)
+    s.tick(2)
+    s.hear(3)
+    s.tick(SILENCE + 1)  # 1, then 2 (2 s later), then 3 (4 s): spread over more than PARTITION_SPREAD_S
+    assert s.ledger.down() == [1, 2, 3] and s.m.partitioned_since is None
+    assert s.finished == [True] and s.m.finish_reason == "peers_down"
+
+
+def test_partition_wait_zero_keeps_the_old_behaviour():
+    s = Swarm(wait=0.0)
+    s.m.training_done(last_seq=3)
+    s.tick(SILENCE + 1)
+    assert s.finished == [True] and s.m.finish_reason == "peers_down"
+
+
+def test_a_shrinking_budget_steps_down_the_value_codec_before_the_density():
+    cfg = config.load(None, ["codec.density=0.2", "codec.values=fp32"])
+    a = Adapter(cfg.communication, 0.2, Clock(), values="fp32")
+    assert a.settings(1.0) == (0.2, "fp32")
+    assert a.settings(0.6) == (0.2, "fp16")  # 2.5 of 4.5 bytes per element fits 0.6 of the budget
+    density, values = a.settings(0.3)
+    assert values == "int8" and density == pytest.approx(0.2 * 0.3 * 4.5 / 1.5)
+    assert a.settings(1e-6) == (cfg.communication.min_density, "int8")
+    a.scale = 0.6
+    assert a.encode_settings(None) == (pytest.approx(0.2), "fp16")
+    a.scale = 1.0
+    assert a.encode_settings(None) == (None, None)  # untouched: the encoder's own density and values
+
+
+def test_the_dashboard_gets_one_adapt_point_per_change_of_a_peer():
+    from gossip.observe.swarmview import SwarmView
+
+    view = SwarmView(config.load(None, ["peers=2"]), clock=Clock())
+    base = {"type": "peer", "state": "training", "neighbours": [1], "links": {}}
+    view.ingest(0, {**base, "peer_id": 0, "ts": 1.0, "density": 0.05, "backlog_s": 0.0, "sync_gap": 1})
+    view.ingest(0, {**base, "peer_id": 0, "ts": 1.5, "density": 0.05, "backlog_s": 0.2, "sync_gap": 1})  # same
+    view.ingest(0, {**base, "peer_id": 0, "ts": 2.0, "density": 0.0125, "backlog_s": 3.1, "sync_gap": 1})
+    view.ingest(1, {**base, "peer_id": 1, "ts": 2.0, "density": 0.05, "sync_gap": 2})
+    points = view.snapshot()["adapt"]
+    assert [(p[0], p[2], p[3], p[4]) for p in points] == [(0, 0.05, 0.0, 1), (0, 0.0125, 3.1, 1), (1, 0.05, 0.0, 2)]
+    delta = view.tick()
+    assert delta is not None and delta["adapt"] == points and "adapt" not in (view.tick() or {})
+
+
+def test_a_warm_up_density_is_scaled_like_the_configured_one():
+    class WarmingUp:  # an Encoder during codec.warmup_steps: denser than codec.density
+        def density(self) -> float:
+            return 0.1
+
+    a, _ = adapter()  # codec.density 0.05, int8: only the density moves
+    a.scale = 0.5
+    assert a.encode_settings(WarmingUp())[0] == pytest.approx(0.05)
+    assert a.encode_settings(object())[0] == pytest.approx(0.025)  # a wrapper that does not say: configured
