@@ -181,15 +181,24 @@ def test_an_insider_climbing_slowly_stays_under_the_honest_swarm():
     assert kept and max(float(u.values.norm()) for u in kept) <= 8.0 + 1e-5
 
 
-def test_a_sender_is_judged_by_its_own_recent_norms_too_once_warmed_up():
-    b = bound()
+def test_a_sender_ahead_of_the_swarm_is_judged_by_its_own_norms_within_a_ceiling():
+    """A warmed-up honest sender whose updates outgrew the swarm's (it is ahead in its warm-up) is
+    judged against its own recent norms, but never above SWARM_CEILING x the swarm's."""
+    from gossip.aggregation.bound import SWARM_CEILING
+
+    b = bound()  # factor 8
     for seq in range(WARMUP):
         b.observe_own(bounded_update(0, 10.0))
         for sender in (1, 2):
             b.admit([bounded_update(sender, 10.0, seq)], lambda u, r, d: None)
-        assert b.admit([bounded_update(3, 0.1, seq)], lambda u, r, d: None)  # a quiet sender
-    spike = bounded_update(3, 5.0, WARMUP)  # far under the swarm's limit (80), 50x its own
-    assert b.admit([spike], lambda u, r, d: None) == [] and b.stats["norm_bound"] == 1
+        assert b.admit([bounded_update(3, 40.0, seq)], lambda u, r, d: None)  # 4x the swarm, honest
+    # 300 is over the swarm's limit (8 x 10 = 80) but within 8 x its own recent norm (320): kept
+    assert b.admit([bounded_update(3, 300.0, WARMUP)], lambda u, r, d: None) and b.stats["norm_bound"] == 0
+    # its own history now reaches 300, yet the reference stops at the ceiling: 8 x (8 x 10) = 640
+    ceiling = 8.0 * SWARM_CEILING * 10.0
+    assert b.admit([bounded_update(3, ceiling * 0.95, WARMUP + 1)], lambda u, r, d: None)
+    assert b.admit([bounded_update(3, ceiling * 1.1, WARMUP + 2)], lambda u, r, d: None) == []
+    assert b.stats["norm_bound"] == 1
 
 
 def test_norm_bound_holds_what_it_cannot_judge_yet_and_never_applies_it_unjudged():

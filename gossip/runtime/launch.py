@@ -191,6 +191,7 @@ def run(cfg: Config, run_dir: str | Path, *, dashboard: bool = True,
     run_dir = Path(run_dir)
     rundir.claim(run_dir, resume=resume, fresh=fresh)
     run_dir.mkdir(parents=True, exist_ok=True)
+    asked = cfg  # the result is filed under the config asked for, not the key folder filled in below
     cfg = curve.launch_keys(cfg, run_dir)  # a key pair per peer in run_dir/keys unless the config has them
     cfg_path = run_dir / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -210,7 +211,7 @@ def run(cfg: Config, run_dir: str | Path, *, dashboard: bool = True,
         wall = time.monotonic() - t0
         peers = {k: v for k, v in procs.items() if k.startswith("peer-")}
         failed = {k: p.returncode for k, p in peers.items() if p.returncode != 0}
-        result = summarize(cfg, run_dir, wall)
+        result = summarize(asked, run_dir, wall)
         result["interrupted"] = interrupted
         result["signal"] = stop_signal if interrupted else None
         result["failed"] = failed
