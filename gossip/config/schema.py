@@ -96,8 +96,8 @@ class CommunicationConfig:
     # update whose L2 norm exceeds norm_bound x the recent norms of updates (its sender's, and the
     # swarm's upper median, our own included) is rejected and counted as "norm_bound".
     # 0: off. A dimensionless factor: honest updates reached 7x the reference (47x in the first
-    # updates, which get 8x the factor) on MNIST with peers started a second apart.
-    norm_bound: float = field(default=16.0, metadata=_range(0.0))
+    # updates, which get 8x the factor; 22x mid-run on a lossy link) on MNIST, hence 64.
+    norm_bound: float = field(default=64.0, metadata=_range(0.0))
     # Bandwidth-aware sending (gossip.runtime.adapt, its docstring is the tuning guide): lower the
     # density of each update (down to min_density, then sync less often) while the backlog of a
     # link (bytes queued, not yet sent) exceeds adapt_target_backlog_s seconds of its measured
