@@ -53,6 +53,7 @@ class Parts:
         self.finished: list[bool] = []
         self.asked: list[int] = []
         self.fatal: list[Exception] = []
+        self.greeted: list[int] = []
         self.membership = Membership(0, self.ledger, self.link.broadcast, self.counters, silence_s=SILENCE,
                                      on_all_delivered=lambda: self.finished.append(True), clock=self.clock)
         self.catchup = CatchUp(0, self.ledger, self.counters, self.link.send, numel=NUMEL, schema_hash=HASH)
@@ -60,7 +61,7 @@ class Parts:
             0, list(neighbours), relay=relay, limits=LIMITS, config_hash="ours", ledger=self.ledger,
             counters=self.counters, membership=self.membership, catchup=self.catchup,
             resend=Resender(0, self.clock), link=self.link, deliver=self.delivered.append,
-            ask_state=self.asked.append, on_fatal=self.fatal.append, clock=self.clock)
+            ask_state=self.asked.append, on_fatal=self.fatal.append, clock=self.clock, greet=self.greeted.append)
 
     def handle(self, sender, *frames: bytes) -> None:
         self.dispatcher.handle(sender, list(frames))
@@ -191,6 +192,21 @@ def test_pick_source_wants_a_full_epoch_or_a_quarter_after_a_resume():
     assert pick_source(40, steps, {1, 2}, 100, resume=False) is None
     assert pick_source(100, steps, {1, 2}, 100, resume=True) == 1
     assert pick_source(0, steps, {2}, 100, resume=False) is None  # only heard neighbours count
+
+
+def test_a_neighbour_still_meeting_is_not_ahead_of_us():
+    """Its Hello says where it starts: peers that start together never take one another for a
+    late joiner's source, however fast the first epoch goes before the first heartbeat."""
+    p = Parts()
+    hello = dict(node_id=1, schema_hash=HASH, config_hash="ours", address="tcp://x:1", epochs=1)
+    p.handle(1, wire.pack_hello(step=0, **hello))
+    assert p.dispatcher.neighbour_step == {1: 0}
+    p.handle(1, wire.pack_heartbeat(node_id=1, step=300, epoch=2))
+    p.handle(1, wire.pack_hello(step=0, **hello))  # a late Hello does not undo what a heartbeat said
+    assert p.dispatcher.neighbour_step == {1: 300}
+    p.handle(2, wire.pack_hello(step=250, **{**hello, "node_id": 2}))  # resumed from its checkpoint
+    assert pick_source(0, p.dispatcher.neighbour_step, {1, 2}, 100, resume=False) == 1
+    assert p.greeted == [1, 1, 2]  # each Hello is answered with our own step (a heartbeat)
 
 
 def fake_worker(numel: int = NUMEL, steps_per_epoch: int = 10) -> SimpleNamespace:

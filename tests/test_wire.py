@@ -65,6 +65,9 @@ def test_small_messages_roundtrip():
     hello = wire.unpack(wire.pack_hello(node_id=1, schema_hash=LAYOUT.schema_hash, config_hash="abc123",
                                         address="tcp://127.0.0.1:47001", epochs=3), LIMITS)
     assert hello == wire.Hello(1, LAYOUT.schema_hash, "abc123", "tcp://127.0.0.1:47001", 3)
+    resumed = wire.unpack(wire.pack_hello(node_id=1, schema_hash=1, config_hash="", address="", epochs=3, step=2**40),
+                          LIMITS)
+    assert isinstance(resumed, wire.Hello) and resumed.step == 2**40
     other = wire.unpack(wire.pack_hello(node_id=1, schema_hash=99, config_hash="", address="", epochs=1), LIMITS)
     assert isinstance(other, wire.Hello) and other.schema_hash == 99  # returned: the runtime explains it
     assert wire.unpack(wire.pack_heartbeat(node_id=3, step=10, epoch=2), LIMITS) == wire.Heartbeat(3, 10, 2)

@@ -393,6 +393,7 @@ class Hello(google.protobuf.message.Message):
     CONFIG_HASH_FIELD_NUMBER: builtins.int
     ADDRESS_FIELD_NUMBER: builtins.int
     EPOCHS_FIELD_NUMBER: builtins.int
+    STEP_FIELD_NUMBER: builtins.int
     node_id: builtins.int
     """sender's node id"""
     schema_hash: builtins.int
@@ -403,6 +404,8 @@ class Hello(google.protobuf.message.Message):
     """where the sender listens, e.g. "tcp://10.0.0.2:47001", <= 256 chars"""
     epochs: builtins.int
     """epochs the sender will train"""
+    step: builtins.int
+    """sender's global optimizer step while it meets its neighbours (0 on a fresh"""
     def __init__(
         self,
         *,
@@ -411,8 +414,9 @@ class Hello(google.protobuf.message.Message):
         config_hash: builtins.str = ...,
         address: builtins.str = ...,
         epochs: builtins.int = ...,
+        step: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["address", b"address", "config_hash", b"config_hash", "epochs", b"epochs", "node_id", b"node_id", "schema_hash", b"schema_hash"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["address", b"address", "config_hash", b"config_hash", "epochs", b"epochs", "node_id", b"node_id", "schema_hash", b"schema_hash", "step", b"step"]) -> None: ...
 
 global___Hello = Hello
 

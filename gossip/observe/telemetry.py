@@ -274,7 +274,7 @@ class TelemetrySubscriber:
             sock = self.ctx.socket(zmq.SUB)
             for opt, value in ((zmq.LINGER, 0), (zmq.RCVHWM, RECEIVE_QUEUE_MESSAGES),
                                (zmq.MAXMSGSIZE, MAX_TELEMETRY_BYTES),
-                               (zmq.RECONNECT_IVL, 200), (zmq.RECONNECT_IVL_MAX, 2000)):  # fmt: skip
+                               (zmq.RECONNECT_IVL, 200), (zmq.RECONNECT_IVL_MAX, 0)):  # fmt: skip
                 sock.setsockopt(opt, value)
             sock.setsockopt(zmq.SUBSCRIBE, b"")
             if secure is not None:

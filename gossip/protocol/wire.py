@@ -74,6 +74,7 @@ class Hello:
     config_hash: str
     address: str
     epochs: int
+    step: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,10 +141,11 @@ def pack_update(update: pb.GradUpdate, *, node_id: int, seq: int, step: int, epo
     return env.SerializeToString()
 
 
-def pack_hello(*, node_id: int, schema_hash: int, config_hash: str, address: str, epochs: int) -> bytes:
+def pack_hello(*, node_id: int, schema_hash: int, config_hash: str, address: str, epochs: int,
+               step: int = 0) -> bytes:
     env = _envelope(node_id)
     env.hello.CopyFrom(pb.Hello(node_id=node_id, schema_hash=schema_hash, config_hash=config_hash,
-                                address=address, epochs=epochs))
+                                address=address, epochs=epochs, step=step))
     return env.SerializeToString()
 
 
@@ -237,7 +239,7 @@ def _hello(env: pb.Envelope, limits: Limits) -> Hello:
         reject("bad_field", "hello config_hash or address too long")
     # A different schema is returned, not rejected: the runtime stops with a clear message.
     return Hello(node_id=_node(msg.node_id, limits, "node_id"), schema_hash=int(msg.schema_hash),
-                 config_hash=msg.config_hash, address=msg.address, epochs=int(msg.epochs))
+                 config_hash=msg.config_hash, address=msg.address, epochs=int(msg.epochs), step=int(msg.step))
 
 
 def _state_chunk(env: pb.Envelope, limits: Limits) -> StateChunk:

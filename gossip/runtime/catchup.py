@@ -37,7 +37,10 @@ from gossip.runtime.worker import Worker
 
 log = get_logger(__name__)
 
-PROGRESS_WAIT_S = 1.5  # at startup, how long to wait for the neighbours' heartbeats (are we behind?)
+# At startup, how long to wait for each heard neighbour's step (are we behind?). A neighbour that
+# is itself starting says its step in its Hello (no wait); one that is training answers our Hello
+# with a heartbeat once its reconnect to us (up to 1 s) is through, and beats every second anyway.
+PROGRESS_WAIT_S = 3.0
 POLL_S = 0.02
 
 

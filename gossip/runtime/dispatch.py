@@ -60,7 +60,7 @@ class Dispatcher:
                  catchup: CatchUp, resend: Resender, link: Link,
                  deliver: Callable[[wire.DecodedUpdate], None], ask_state: Callable[[int], None],
                  on_fatal: Callable[[PeerError], None], clock: Callable[[], float] = time.monotonic,
-                 security: SecurityConfig | None = None) -> None:
+                 security: SecurityConfig | None = None, greet: Callable[[int], None] | None = None) -> None:
         self.peer_id = peer_id
         self.neighbours = neighbours
         self.relay = relay
@@ -75,6 +75,7 @@ class Dispatcher:
         self.deliver = deliver      # to the training thread (Bridge.to_thread)
         self.ask_state = ask_state  # a neighbour asked for our state (StateServer.asked)
         self.on_fatal = on_fatal    # a neighbour runs a different model: stop
+        self.greet = greet          # a neighbour said Hello: tell it our step now (a late joiner waits for it)
         self.clock = clock
         self.heard: set[int] = set()  # neighbours that have said anything valid
         self.neighbour_step: dict[int, int] = {}  # global step from each neighbour's heartbeats
@@ -145,6 +146,7 @@ class Dispatcher:
         elif isinstance(msg, wire.StateChunk):
             self.catchup.offer(sender, msg)
         elif isinstance(msg, wire.Hello):
+            self.neighbour_step.setdefault(sender, msg.step)  # still meeting: where it starts
             self._on_hello(sender, msg)
         elif isinstance(msg, wire.Done):
             self._on_done(sender, msg, env)
@@ -193,3 +195,5 @@ class Dispatcher:
                 f"ours {self.limits.schema_hash:#x}): use the same model.name and data on every peer"))
         elif hello.config_hash != self.config_hash:
             log.warning("config_differs", peer=sender, their_hash=hello.config_hash)
+        if self.greet is not None:
+            self.greet(sender)

@@ -157,7 +157,7 @@ class Peer:
             config_hash=config_hash(cfg), ledger=self.ledger, counters=self.counters,
             membership=self.membership, catchup=self.catchup, resend=self.resend, link=transport,
             deliver=bridge.to_thread, ask_state=self.states.asked, on_fatal=self._on_fatal,
-            security=cfg.security)
+            security=cfg.security, greet=self.greet)
 
     def _resume(self, worker: Worker) -> None:
         """Continue from this peer's newest readable checkpoint, and never reuse a sequence number."""
@@ -182,7 +182,7 @@ class Peer:
         return wire.pack_hello(node_id=self.peer_id, schema_hash=self.layout.schema_hash,
                                config_hash=config_hash(self.cfg),
                                address=topology.inbox_address(self.cfg, self.peer_id),
-                               epochs=self.cfg.train.epochs)
+                               epochs=self.cfg.train.epochs, step=self.worker.progress.global_step)
 
     async def _meet_neighbours(self) -> None:
         heard = self.dispatcher.heard
@@ -265,8 +265,15 @@ class Peer:
             self.dispatcher.neighbour_step, lambda n: not views[n].down and views[n].last_seq is None)
 
     def beat(self) -> None:
+        self.transport.broadcast(self._heartbeat())
+
+    def greet(self, nbr: int) -> None:
+        """Answer a Hello with our progress at once: a late joiner decides whether to catch up on it."""
+        self.transport.send(nbr, self._heartbeat())
+
+    def _heartbeat(self) -> bytes:
         p = self.worker.progress  # plain attributes the thread writes: no lock
-        self.transport.broadcast(wire.pack_heartbeat(node_id=self.peer_id, step=p.global_step, epoch=p.epoch))
+        return wire.pack_heartbeat(node_id=self.peer_id, step=p.global_step, epoch=p.epoch)
 
     # ================================================================ reporting
     def _counters(self) -> dict[str, Any]:
