@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -167,6 +168,37 @@ def test_websocket_checks_origin_and_routes_check_host() -> None:
     run_with_client(cfg, body)
 
 
+def test_websocket_feeds_are_capped_in_all_and_per_address_and_refusals_counted() -> None:
+    cfg = swarm_config(2, "dashboard.max_clients=3", "dashboard.max_clients_per_address=2")
+
+    async def body(client: TestClient, dash: Dashboard) -> None:
+        a = await client.ws_connect("/ws")
+        b = await client.ws_connect("/ws")
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:  # a third from 127.0.0.1
+            await client.ws_connect("/ws")
+        assert err.value.status == 503 and dash.refused["too_many_from_address"] == 1
+        other = _Client(SimpleNamespace(), SimpleNamespace(transport=None, remote="10.0.0.9"))
+        dash.clients.add(other)  # somebody else holds the last slot
+        await b.close()
+        for _ in range(50):
+            if len(dash.clients) == 2:
+                break
+            await asyncio.sleep(0.02)
+        c = await client.ws_connect("/ws")  # a slot of ours came free
+        assert json.loads(await c.receive_str(timeout=5))["type"] == "snapshot"
+        dash.clients.discard(other)
+        dash.clients.add(_Client(SimpleNamespace(), SimpleNamespace(transport=None, remote="10.0.0.8")))
+        for _ in range(20):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+                await client.ws_connect("/ws")
+        assert err.value.status == 503 and dash.refused["too_many_clients"] == 20
+        assert json.loads(await a.receive_str(timeout=5))["type"] == "snapshot"  # the open feeds carry on
+        await a.close()
+        await c.close()
+
+    run_with_client(cfg, body)
+
+
 def test_page_and_assets_are_served_read_only_with_a_strict_policy() -> None:
     cfg = swarm_config(2)
 
@@ -200,7 +232,7 @@ def test_page_files_come_from_the_package_when_installed_else_from_the_checkout(
 
 def test_a_slow_client_is_resynced_instead_of_growing_a_backlog() -> None:
     async def body() -> None:
-        client = _Client(None, type("R", (), {"transport": None})())  # type: ignore[arg-type]
+        client = _Client(None, SimpleNamespace(transport=None, remote="127.0.0.1"))  # type: ignore[arg-type]
         for i in range(100):
             client.offer(f"delta {i}")
         assert client.queue.qsize() <= 8 and client.resyncs > 0

@@ -429,20 +429,24 @@ class Heartbeat(google.protobuf.message.Message):
     NODE_ID_FIELD_NUMBER: builtins.int
     STEP_FIELD_NUMBER: builtins.int
     EPOCH_FIELD_NUMBER: builtins.int
+    HEARD_FROM_YOU_FIELD_NUMBER: builtins.int
     node_id: builtins.int
     """sender's node id"""
     step: builtins.int
     """sender's global optimizer step"""
     epoch: builtins.int
     """sender's epoch (0-based)"""
+    heard_from_you: builtins.int
+    """bytes the sender has received from the receiver so far: each neighbour gets"""
     def __init__(
         self,
         *,
         node_id: builtins.int = ...,
         step: builtins.int = ...,
         epoch: builtins.int = ...,
+        heard_from_you: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["epoch", b"epoch", "node_id", b"node_id", "step", b"step"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["epoch", b"epoch", "heard_from_you", b"heard_from_you", "node_id", b"node_id", "step", b"step"]) -> None: ...
 
 global___Heartbeat = Heartbeat
 

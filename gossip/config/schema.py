@@ -187,6 +187,10 @@ class DashboardConfig:
     telemetry_port: int = field(default=24500, metadata=_range(1024, 65000))  # peer i publishes on +i
     interval_s: float = field(default=0.5, metadata=_range(0.05))
     down_after_s: float = field(default=3.0, metadata=_range(0.0, None, lo_open=True))  # silence => "down"
+    # open websocket feeds at most, in all and from one client address; more are refused (503) and
+    # counted: each costs a queue and a snapshot per resync, so an unbounded number is a memory flood
+    max_clients: int = field(default=64, metadata=_range(1))
+    max_clients_per_address: int = field(default=8, metadata=_range(1))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,10 @@ Tuning guide and safety:
   ``http://host:port``; every route refuses a ``Host`` header naming another
   server (DNS rebinding) unless the dashboard listens on a wildcard address.
   Routes are GET-only; incoming websocket frames are ignored.
+* At most ``dashboard.max_clients`` websocket feeds are open at once, and at most
+  ``dashboard.max_clients_per_address`` from one client address; one more is refused with
+  503 before the upgrade, counted in :attr:`Dashboard.refused` and logged as
+  ``dashboard_client_refused`` at most once per :data:`REFUSE_LOG_S` (with the count since).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ WEB_DIR = web_dir()
 TICK_S = 0.25  # delta cadence: the page is at most ~TICK_S + one telemetry interval behind
 CLIENT_QUEUE = 8  # messages (~2 s of deltas) before a client is resynced with a snapshot
 SEND_TIMEOUT_S = 5.0
+REFUSE_LOG_S = 5.0  # a connection flood writes one log line per interval, not one per refusal
 _RESYNC = object()  # queue marker: send a fresh snapshot here
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -74,6 +79,7 @@ class _Client:
     def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.ws = ws
         self.transport = request.transport
+        self.address = request.remote or ""
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=CLIENT_QUEUE)
         self.resyncs = 0
 
@@ -96,6 +102,8 @@ class Dashboard:
         self.host = (host if host is not None else cfg.dashboard.host).lower()
         self.view = SwarmView(cfg)
         self.clients: set[_Client] = set()
+        self.refused: dict[str, int] = {"too_many_clients": 0, "too_many_from_address": 0}
+        self._refused_logged = (-REFUSE_LOG_S, 0)  # (when, total then)
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------ telemetry in
@@ -130,24 +138,46 @@ class Dashboard:
                     client.transport.abort()  # a closing handshake could block as well
                 return
 
+    def _admit(self, address: str) -> None:
+        """Refuse (503, counted) a feed over ``dashboard.max_clients`` or the per-address cap."""
+        d = self.cfg.dashboard
+        if len(self.clients) >= d.max_clients:
+            reason = "too_many_clients"
+        elif sum(c.address == address for c in self.clients) >= d.max_clients_per_address:
+            reason = "too_many_from_address"
+        else:
+            return
+        self.refused[reason] += 1
+        now, (logged_at, logged_total) = asyncio.get_running_loop().time(), self._refused_logged
+        total = sum(self.refused.values())
+        if now - logged_at >= REFUSE_LOG_S:
+            log.warning("dashboard_client_refused", reason=reason, address=address, refused=total - logged_total,
+                        open=len(self.clients), max_clients=d.max_clients,
+                        max_clients_per_address=d.max_clients_per_address)
+            self._refused_logged = (now, total)
+        raise web.HTTPServiceUnavailable(text=f"dashboard: {reason.replace('_', ' ')}")
+
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         origin = request.headers.get("Origin")
         if origin is not None and origin.lower() != f"http://{request.host.lower()}":
             raise web.HTTPForbidden(text="websocket origin not allowed")
+        self._admit(request.remote or "")
         ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=4096)
-        await ws.prepare(request)
         client = _Client(ws, request)
-        client.queue.put_nowait(_RESYNC)  # the snapshot is built when it is sent: never stale
-        self.clients.add(client)
-        writer = asyncio.create_task(self._write(client))
+        self.clients.add(client)  # before the first await: concurrent upgrades count one another
+        writer: asyncio.Task[None] | None = None
         try:
+            await ws.prepare(request)
+            client.queue.put_nowait(_RESYNC)  # the snapshot is built when it is sent: never stale
+            writer = asyncio.create_task(self._write(client))
             async for _ in ws:  # read-only feed: frames from the browser are ignored
                 pass
         finally:
             self.clients.discard(client)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            if writer is not None:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
         return ws
 
     # ------------------------------------------------------------ http

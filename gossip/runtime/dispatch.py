@@ -60,7 +60,8 @@ class Dispatcher:
                  catchup: CatchUp, resend: Resender, link: Link,
                  deliver: Callable[[wire.DecodedUpdate], None], ask_state: Callable[[int], None],
                  on_fatal: Callable[[PeerError], None], clock: Callable[[], float] = time.monotonic,
-                 security: SecurityConfig | None = None, greet: Callable[[int], None] | None = None) -> None:
+                 security: SecurityConfig | None = None, greet: Callable[[int], None] | None = None,
+                 on_heartbeat: Callable[[int, int], None] | None = None) -> None:
         self.peer_id = peer_id
         self.neighbours = neighbours
         self.relay = relay
@@ -76,6 +77,7 @@ class Dispatcher:
         self.ask_state = ask_state  # a neighbour asked for our state (StateServer.asked)
         self.on_fatal = on_fatal    # a neighbour runs a different model: stop
         self.greet = greet          # a neighbour said Hello: tell it our step now (a late joiner waits for it)
+        self.on_heartbeat = on_heartbeat  # (sender, heard_from_you): is our link to it alive? (LinkWatch)
         self.clock = clock
         self.heard: set[int] = set()  # neighbours that have said anything valid
         self.neighbour_step: dict[int, int] = {}  # global step from each neighbour's heartbeats
@@ -135,6 +137,8 @@ class Dispatcher:
             self._on_update(sender, msg, env, now)
         elif isinstance(msg, wire.Heartbeat):
             self.neighbour_step[sender] = msg.step
+            if self.on_heartbeat is not None:
+                self.on_heartbeat(sender, msg.heard_from_you)
         elif isinstance(msg, wire.StateRequest):
             if msg.node_id != sender:
                 raise ProtocolError("spoofed_node_id", f"neighbour {sender} asked state for {msg.node_id}")

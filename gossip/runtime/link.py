@@ -22,6 +22,9 @@ messages the node hands over (fragment headers not included):
   if it comes back, else end in ``unsent``);
 * ``fragments_sent``; ``bytes_received`` / ``messages_received`` (message bytes from this
   neighbour; a fragmented message counts once, when whole).
+* ``reconnects``: fresh connections after :mod:`gossip.runtime.linkwatch` found the link carrying
+  nothing; ``lost_on_reconnect``: pieces ZeroMQ still held for the dropped connection (counted
+  as sent; the receiver's resend requests recover their updates).
 
 Without fault injection, at any moment: queued = sent + unsent (bytes and messages). The one
 thing ZeroMQ does not tell: whether it wrote what it holds (at most ``SOCKET_HWM`` pieces per
@@ -44,6 +47,18 @@ SEND_QUEUE = 256  # messages waiting per link before new ones are dropped
 SOCKET_HWM = 4  # messages (or fragments) ZeroMQ holds per link: what bytes_sent may run ahead
 DELAY_LINE = 1024  # pieces waiting out link.latency_ms per link (the bucket wait bounds it first)
 Piece = tuple[list[Any], int, bool]  # (frames, message bytes in it, last piece of its message)
+
+
+def identity(peer_id: int) -> bytes:
+    return b"p%d" % peer_id
+
+
+def parse_identity(raw: bytes) -> int | None:
+    """The peer a routing identity ``p<id>`` or ``p<id>:<suffix>`` names (self-declared), or None."""
+    head = raw.split(b":", 1)[0]
+    if head[:1] == b"p" and head[1:].isdigit() and len(head) < 8:
+        return int(head[1:])
+    return None
 
 
 @dataclass
@@ -71,6 +86,8 @@ class Link:
     sent_while_down: int = 0  # taken by ZeroMQ while no connection was up: delivered only once it is
     messages_while_down: int = 0
     next_fragmented: int = 0
+    reconnects: int = 0  # fresh connections after gossip.runtime.linkwatch found this one lost
+    lost_on_reconnect: int = 0  # pieces ZeroMQ still held for the old connection
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=SOCKET_HWM))  # last pieces' sizes
 
     @property
@@ -84,4 +101,5 @@ class Link:
                 "messages_sent": self.messages_sent, "messages_received": self.messages_received,
                 "messages_unsent": self.pending_messages, "fragments_sent": self.fragments_sent,
                 "dropped_queue_full": self.dropped_queue_full, "dropped_fault": self.dropped_fault,
-                "to_departed": self.to_departed}
+                "to_departed": self.to_departed, "reconnects": self.reconnects,
+                "lost_on_reconnect": self.lost_on_reconnect}

@@ -46,6 +46,7 @@ from gossip.runtime.catchup import CatchUp, StateServer
 from gossip.runtime.dispatch import Dispatcher
 from gossip.runtime.factory import build_peer_worker
 from gossip.runtime.ledger import Ledger
+from gossip.runtime.linkwatch import LinkWatch
 from gossip.runtime.membership import Membership
 from gossip.runtime.outcome import Counters, counters, write_result
 from gossip.runtime.resend import Resender
@@ -157,7 +158,10 @@ class Peer:
             config_hash=config_hash(cfg), ledger=self.ledger, counters=self.counters,
             membership=self.membership, catchup=self.catchup, resend=self.resend, link=transport,
             deliver=bridge.to_thread, ask_state=self.states.asked, on_fatal=self._on_fatal,
-            security=cfg.security, greet=self.greet)
+            security=cfg.security, greet=self.greet, on_heartbeat=self._link_report)
+        reconnect = getattr(transport, "reconnect", None)  # in-memory links (tests) never die
+        self.link_watch = None if reconnect is None else LinkWatch(
+            transport.queued_to, reconnect, after_s=cfg.timeouts.silence_s / 2)
 
     def _resume(self, worker: Worker) -> None:
         """Continue from this peer's newest readable checkpoint, and never reuse a sequence number."""
@@ -265,15 +269,19 @@ class Peer:
             self.dispatcher.neighbour_step, lambda n: not views[n].down and views[n].last_seq is None)
 
     def beat(self) -> None:
-        self.transport.broadcast(self._heartbeat())
+        for nbr in self.neighbours:  # one each: it says what we heard from that neighbour
+            self.greet(nbr)
 
     def greet(self, nbr: int) -> None:
-        """Answer a Hello with our progress at once: a late joiner decides whether to catch up on it."""
-        self.transport.send(nbr, self._heartbeat())
-
-    def _heartbeat(self) -> bytes:
+        """A heartbeat to ``nbr`` now; also the answer to its Hello (a late joiner decides on it)."""
         p = self.worker.progress  # plain attributes the thread writes: no lock
-        return wire.pack_heartbeat(node_id=self.peer_id, step=p.global_step, epoch=p.epoch)
+        heard = getattr(self.transport, "heard_from", lambda n: 0)(nbr)
+        self.transport.send(nbr, wire.pack_heartbeat(node_id=self.peer_id, step=p.global_step, epoch=p.epoch,
+                                                     heard_from_you=heard))
+
+    def _link_report(self, nbr: int, heard_from_you: int) -> None:
+        if self.link_watch is not None:
+            self.link_watch.report(nbr, heard_from_you)
 
     # ================================================================ reporting
     def _counters(self) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from gossip.config import Config
 from gossip.errors import PeerError
 from gossip.observe.log import get_logger
 from gossip.runtime import curve, fragment, topology
-from gossip.runtime.link import SEND_QUEUE, SOCKET_HWM, Link, Piece
+from gossip.runtime.link import SEND_QUEUE, SOCKET_HWM, Link, Piece, identity, parse_identity
 from gossip.runtime.shaper import Shaper, TokenBucket
 from gossip.sim import faults
 
@@ -57,18 +57,6 @@ MIN_SLEEP_S = 0.001  # waits this short are skipped (a loop turn costs about as 
 LINGER_S = 1.0
 _UP = zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 _EVENTS = _UP | zmq.EVENT_DISCONNECTED
-
-
-def identity(peer_id: int) -> bytes:
-    return b"p%d" % peer_id
-
-
-def parse_identity(raw: bytes) -> int | None:
-    """The peer a routing identity ``p<id>`` or ``p<id>:<suffix>`` names (self-declared), or None."""
-    head = raw.split(b":", 1)[0]
-    if head[:1] == b"p" and head[1:].isdigit() and len(head) < 8:
-        return int(head[1:])
-    return None
 
 
 class Transport:
@@ -89,6 +77,7 @@ class Transport:
                                                on_reject=lambda *why: self.on_refused(*why))  # into the result
         self._tasks: list[asyncio.Task[None]] = []
         self._monitors: list[zmq.asyncio.Socket] = []
+        self._link_monitor: dict[int, tuple[asyncio.Task[None], zmq.asyncio.Socket]] = {}
         self.inbox: zmq.asyncio.Socket | None = None
         self._keys: curve.Keys | None = None  # security.curve: this peer's keys (gossip.runtime.curve)
         self._auth: Any = None  # and the ZAP handler that checks every client's key
@@ -128,6 +117,17 @@ class Transport:
                  burst_bytes=self.shaper.burst_bytes, piece_bytes=self.shaper.piece_bytes)
 
     def _open_link(self, nbr: int) -> None:
+        link = Link(nbr, self._connect(nbr), self.shaper.bucket())
+        self.links[nbr] = link
+        send = faults.wrap_send(functools.partial(self._deliver, link), self.cfg.link, self._rng,
+                                functools.partial(self._on_fault, link))
+        self._tasks.append(asyncio.create_task(self._pump(link, send), name=f"link-{nbr}"))
+        self._watch(link)
+        if self._latency_s > 0:
+            self._tasks.append(asyncio.create_task(self._delay_line(link), name=f"link-{nbr}-delay"))
+
+    def _connect(self, nbr: int) -> zmq.asyncio.Socket:
+        """A fresh DEALER connected to ``nbr``'s inbox (a new routing id each time)."""
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, identity(self.peer_id) + b":" + os.urandom(6).hex().encode())
         sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
@@ -136,17 +136,42 @@ class Transport:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if self._keys is not None:
             curve.secure_link(sock, self._keys, nbr)
-        monitor = sock.get_monitor_socket(_EVENTS | curve.HANDSHAKE_FAILED)
-        self._monitors.append(monitor)
         sock.connect(topology.inbox_address(self.cfg, nbr))
-        link = Link(nbr, sock, self.shaper.bucket())
-        self.links[nbr] = link
-        send = faults.wrap_send(functools.partial(self._deliver, link), self.cfg.link, self._rng,
-                                functools.partial(self._on_fault, link))
-        self._tasks.append(asyncio.create_task(self._pump(link, send), name=f"link-{nbr}"))
-        self._tasks.append(asyncio.create_task(self._watch_link(link, monitor), name=f"link-{nbr}-monitor"))
-        if self._latency_s > 0:
-            self._tasks.append(asyncio.create_task(self._delay_line(link), name=f"link-{nbr}-delay"))
+        return sock
+
+    def _watch(self, link: Link) -> None:
+        monitor = link.socket.get_monitor_socket(_EVENTS | curve.HANDSHAKE_FAILED)
+        self._monitors.append(monitor)
+        task = asyncio.create_task(self._watch_link(link, monitor), name=f"link-{link.peer}-monitor")
+        self._tasks.append(task)
+        self._link_monitor[link.peer] = (task, monitor)
+
+    def reconnect(self, nbr: int) -> None:
+        """Replace the link's socket (gossip.runtime.linkwatch found it carrying nothing). What
+        ZeroMQ still held for the old connection is lost with it: counted in ``lost_on_reconnect``."""
+        link = self.links[nbr]
+        task, monitor = self._link_monitor.pop(nbr)
+        task.cancel()
+        old = link.socket
+        old.disable_monitor()
+        link.lost_on_reconnect += len(link.recent)
+        link.recent.clear()
+        link.up = False
+        link.socket = self._connect(nbr)  # the pump's next put goes here; an await on the old one fails
+        self._watch(link)
+        old.close(0)
+        self._monitors.remove(monitor)
+        monitor.close(0)
+        link.reconnects += 1
+
+    def queued_to(self, nbr: int) -> int:
+        """Bytes accepted for ``nbr`` so far (gossip.runtime.linkwatch)."""
+        return self.links[nbr].bytes_queued
+
+    def heard_from(self, nbr: int) -> int:
+        """Bytes received from ``nbr`` so far: what our heartbeat to it reports."""
+        link = self.links.get(nbr)
+        return 0 if link is None else link.bytes_received
 
     # ------------------------------------------------------------ sending
     def send(self, nbr: int, data: bytes) -> bool:
@@ -210,11 +235,16 @@ class Transport:
 
     async def _put(self, link: Link, piece: Piece, wire: float) -> None:
         frames, size, last = piece
-        if len(frames) == 1:
-            await link.socket.send(frames[0], copy=False)
-        else:
-            await link.socket.send_multipart(frames, copy=len(frames[1]) < 65536)
-            link.fragments_sent += 1
+        while True:
+            sock = link.socket
+            try:
+                await sock.send_multipart(frames, copy=len(frames) > 1 and len(frames[1]) < 65536)
+                break
+            except asyncio.CancelledError:  # our own cancellation, or the socket closed by reconnect()
+                task = asyncio.current_task()
+                if link.socket is sock or (task is not None and task.cancelling()):
+                    raise  # else this piece goes on the new connection
+        link.fragments_sent += len(frames) > 1
         link.bytes_sent += size
         link.wire_bytes_sent += wire
         link.pending -= size
