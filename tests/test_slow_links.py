@@ -140,8 +140,8 @@ def test_a_link_down_for_20s_near_the_end_finishes_with_everything(lab, tmp_path
     than timeouts.silence_s): each waits for the link, then all finish with everything."""
 
     def pull_the_cable(run_dir: Path) -> None:
-        wait_for(run_dir, 0, "epoch_end", 150, epoch=0)  # the second and last epoch has begun
-        time.sleep(3.0)
+        wait_for(run_dir, 0, "epoch_end", 150, epoch=1)  # the third and last epoch (2-3 s here) has begun
+        time.sleep(0.5)
         subprocess.run(["ip", "-n", lab.hub, "link", "set", "br0", "down"], check=True)
         try:
             time.sleep(20.0)
@@ -149,7 +149,7 @@ def test_a_link_down_for_20s_near_the_end_finishes_with_everything(lab, tmp_path
             subprocess.run(["ip", "-n", lab.hub, "link", "set", "br0", "up"], check=True)
 
     results = run_swarm(lab, tmp_path, during=pull_the_cable, **{
-        "train.epochs": 2, "data.limit_train": 4800, "codec.density": 0.01, "codec.values": "int8",
+        "train.epochs": 3, "data.limit_train": 4800, "codec.density": 0.01, "codec.values": "int8",
         "communication.sync_interval": 5})
     accs = [r["test_accuracy"] for r in results.values()]
     print(f"accuracies {accs}; finish {[r['finish_reason'] for r in results.values()]}")
