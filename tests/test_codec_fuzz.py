@@ -20,6 +20,7 @@ from gossip.config import CodecConfig
 from gossip.errors import ProtocolError
 from gossip.protocol import wire
 from gossip.protocol.codec import ErrorFeedback, Layout, make_encoder
+from gossip.protocol.codec.dense import SNAPSHOT_VALUES, encode_dense
 
 LAYOUT = Layout.from_shapes([("w", (16, 100)), ("b", (16,)), ("v", (1200,)), ("c", (30,))])
 LIMITS = wire.Limits(numel=LAYOUT.numel, schema_hash=LAYOUT.schema_hash, max_bytes=1 << 16, peers=3)
@@ -49,6 +50,9 @@ def _valid_messages() -> list[bytes]:
     out.append(wire.pack_state_request(node_id=0, schema_hash=LAYOUT.schema_hash))
     out += wire.pack_state_chunks(torch.arange(LAYOUT.numel, dtype=torch.float32), node_id=1, seq=2, step=0,
                                   epoch=0, schema_hash=LAYOUT.schema_hash, chunk_bytes=4000)[:2]
+    for values in SNAPSHOT_VALUES:  # codistill's ModelSnapshot: a whole vector, validated like an update
+        out.append(wire.pack_snapshot(encode_dense(torch.randn(LAYOUT.numel, generator=g), values, chunk=100),
+                                      node_id=2, version=7, step=9, epoch=1, schema_hash=LAYOUT.schema_hash))
     return out
 
 
@@ -76,12 +80,16 @@ def check(data: bytes) -> None:
             flat.index_add_(0, idx, msg.values)  # what the runtime does must not fail
     elif isinstance(msg, wire.StateChunk):
         assert msg.offset + msg.values.numel() <= LAYOUT.numel and bool(torch.isfinite(msg.values).all())
+    elif isinstance(msg, wire.Snapshot):
+        assert msg.values.numel() == LAYOUT.numel and bool(torch.isfinite(msg.values).all())
+        assert 0 <= msg.node_id < LIMITS.peers
     else:
         assert 0 <= msg.node_id < LIMITS.peers
 
 
 def test_every_valid_message_is_accepted():
-    kinds = [wire.DecodedUpdate] * len(CODECS) + [wire.Hello, wire.Done, wire.StateRequest] + [wire.StateChunk] * 2
+    kinds = ([wire.DecodedUpdate] * len(CODECS) + [wire.Hello, wire.Done, wire.StateRequest] + [wire.StateChunk] * 2
+             + [wire.Snapshot] * len(SNAPSHOT_VALUES))
     for i, (data, kind) in enumerate(zip(VALID, kinds, strict=True)):
         check(data)
         msg = wire.unpack(data, LIMITS)  # raises (and fails the test) on a rejection
@@ -96,6 +104,8 @@ def test_every_valid_message_is_accepted():
         elif isinstance(msg, wire.StateChunk):
             expected = torch.arange(msg.offset, msg.offset + msg.values.numel(), dtype=torch.float32)
             assert msg.total == LAYOUT.numel and msg.values.numel() > 0 and torch.equal(msg.values, expected)
+        elif isinstance(msg, wire.Snapshot):
+            assert (msg.node_id, msg.version, msg.step, msg.epoch) == (2, 7, 9, 1) and msg.wire_bytes == len(data)
 
 
 @FUZZ

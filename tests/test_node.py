@@ -19,6 +19,7 @@ import torch
 
 from gossip import config
 from gossip.protocol import wire
+from gossip.protocol.codec.dense import encode_dense
 from gossip.runtime.bridge import FINISHED, Bridge, StateAsked
 from gossip.runtime.catchup import CatchUp, StateServer, pick_source
 from gossip.runtime.dispatch import Dispatcher
@@ -80,11 +81,13 @@ def test_spoofed_identities_are_rejected_and_counted():
     p.handle(1, wire.pack_state_request(node_id=2, schema_hash=HASH))
     p.handle(1, wire.pack_resend_request(node_id=2, origin=0, seqs=[0]))
     p.handle(1, update(0, 0, via=1))  # our own id as the origin
+    p.handle(1, wire.relay(wire.pack_snapshot(encode_dense(torch.ones(NUMEL)), node_id=2, version=0, step=0,
+                                              epoch=0, schema_hash=HASH), from_id=1))  # a teacher in 2's name
     p.handle(3, update(3, 0))  # not a neighbour
     p.handle(None, update(1, 0))  # no identity at all
     p.handle(1, update(1, 0), update(1, 1))  # two frames
     p.handle(1, b"\xff garbage")
-    assert p.counters.rejected == {"spoofed_node_id": 4, "bad_node_id": 1, "unknown_sender": 2,
+    assert p.counters.rejected == {"spoofed_node_id": 5, "bad_node_id": 1, "unknown_sender": 2,
                                    "bad_frames": 1, "parse_error": 1}
     assert p.delivered == [] and p.asked == [] and p.link.sent == []
     p.handle(1, wire.pack_state_request(node_id=1, schema_hash=HASH))

@@ -173,6 +173,7 @@ class Envelope(google.protobuf.message.Message):
     STATE_REQUEST_FIELD_NUMBER: builtins.int
     STATE_CHUNK_FIELD_NUMBER: builtins.int
     RESEND_REQUEST_FIELD_NUMBER: builtins.int
+    SNAPSHOT_FIELD_NUMBER: builtins.int
     version: builtins.int
     """protocol version of the sender's software (this file: 1)"""
     from_id: builtins.int
@@ -207,6 +208,10 @@ class Envelope(google.protobuf.message.Message):
     def resend_request(self) -> global___ResendRequest:
         """a receiver asks an originator again for updates that never arrived"""
 
+    @property
+    def snapshot(self) -> global___ModelSnapshot:
+        """communication.mode codistill: the sender's whole model, to learn from"""
+
     def __init__(
         self,
         *,
@@ -220,10 +225,11 @@ class Envelope(google.protobuf.message.Message):
         state_request: global___StateRequest | None = ...,
         state_chunk: global___StateChunk | None = ...,
         resend_request: global___ResendRequest | None = ...,
+        snapshot: global___ModelSnapshot | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["body", b"body", "done", b"done", "heartbeat", b"heartbeat", "hello", b"hello", "resend_request", b"resend_request", "state_chunk", b"state_chunk", "state_request", b"state_request", "update", b"update"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["body", b"body", "done", b"done", "from_id", b"from_id", "heartbeat", b"heartbeat", "hello", b"hello", "hops", b"hops", "resend_request", b"resend_request", "state_chunk", b"state_chunk", "state_request", b"state_request", "update", b"update", "version", b"version"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["body", b"body"]) -> typing.Literal["update", "hello", "heartbeat", "done", "state_request", "state_chunk", "resend_request"] | None: ...
+    def HasField(self, field_name: typing.Literal["body", b"body", "done", b"done", "heartbeat", b"heartbeat", "hello", b"hello", "resend_request", b"resend_request", "snapshot", b"snapshot", "state_chunk", b"state_chunk", "state_request", b"state_request", "update", b"update"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["body", b"body", "done", b"done", "from_id", b"from_id", "heartbeat", b"heartbeat", "hello", b"hello", "hops", b"hops", "resend_request", b"resend_request", "snapshot", b"snapshot", "state_chunk", b"state_chunk", "state_request", b"state_request", "update", b"update", "version", b"version"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["body", b"body"]) -> typing.Literal["update", "hello", "heartbeat", "done", "state_request", "state_chunk", "resend_request", "snapshot"] | None: ...
 
 global___Envelope = Envelope
 
@@ -579,6 +585,51 @@ class ResendRequest(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["node_id", b"node_id", "origin", b"origin", "seqs", b"seqs"]) -> None: ...
 
 global___ResendRequest = ResendRequest
+
+@typing.final
+class ModelSnapshot(google.protobuf.message.Message):
+    """Codistillation (communication.mode: codistill): every peer keeps a model of its own and
+    learns from its neighbours' predictions; this carries a neighbour's whole parameter vector,
+    the teacher a receiver runs on its own batches. Never folded into a model, never relayed,
+    never resent: a lost one is superseded by the next (communication.snapshots_per_epoch).
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: builtins.int
+    VERSION_FIELD_NUMBER: builtins.int
+    STEP_FIELD_NUMBER: builtins.int
+    EPOCH_FIELD_NUMBER: builtins.int
+    SCHEMA_HASH_FIELD_NUMBER: builtins.int
+    WEIGHTS_FIELD_NUMBER: builtins.int
+    node_id: builtins.int
+    """sender's node id (must equal Envelope.from_id)"""
+    version: builtins.int
+    """the sender's snapshot counter 0, 1, 2, ...: a receiver keeps the newest"""
+    step: builtins.int
+    """sender's global optimizer step when it took the snapshot"""
+    epoch: builtins.int
+    """sender's epoch (0-based) at that step"""
+    schema_hash: builtins.int
+    """Layout.schema_hash of the sender's model (must equal the receiver's)"""
+    @property
+    def weights(self) -> global___GradUpdate:
+        """the parameters, coded like an update that is one dense segment covering"""
+
+    def __init__(
+        self,
+        *,
+        node_id: builtins.int = ...,
+        version: builtins.int = ...,
+        step: builtins.int = ...,
+        epoch: builtins.int = ...,
+        schema_hash: builtins.int = ...,
+        weights: global___GradUpdate | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["weights", b"weights"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["epoch", b"epoch", "node_id", b"node_id", "schema_hash", b"schema_hash", "step", b"step", "version", b"version", "weights", b"weights"]) -> None: ...
+
+global___ModelSnapshot = ModelSnapshot
 
 @typing.final
 class Fragment(google.protobuf.message.Message):

@@ -26,6 +26,7 @@ from gossip.config.schema import (
     Config,
     DashboardConfig,
     DataConfig,
+    DistillConfig,
     ExperimentConfig,
     LinkConfig,
     ModelConfig,
@@ -37,7 +38,7 @@ from gossip.config.schema import (
 
 __all__ = [
     "CheckpointConfig", "CodecConfig", "CommunicationConfig", "Config", "DashboardConfig", "DataConfig",
-    "ExperimentConfig", "LinkConfig", "ModelConfig", "SecurityConfig", "TimeoutConfig", "TopologyConfig",
+    "DistillConfig", "ExperimentConfig", "LinkConfig", "ModelConfig", "SecurityConfig", "TimeoutConfig", "TopologyConfig",
     "TrainConfig", "config_hash", "from_dict", "load", "load_raw", "parse_bandwidth", "parse_overrides",
     "replace", "to_dict", "validate",
 ]

@@ -109,6 +109,22 @@ class CommunicationConfig:
     # The training thread waits before a batch while it is more than this many global steps
     # (batches) ahead of its slowest live, unfinished neighbour (steps from heartbeats); 0: no bound
     max_lead_steps: int = field(default=0, metadata=_range(0))
+    # "average": peers average compressed deltas into one model (everything above). "codistill":
+    # every peer keeps a model of its own (its own initial weights) and learns from its
+    # neighbours' predictions on its own batches; they send model snapshots, not deltas (distill:)
+    mode: Literal["average", "codistill"] = "average"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """``communication.mode: codistill`` (gossip.training.distill: its docstring is the tuning guide)."""
+
+    temperature: float = field(default=1.0, metadata=_range(0.0, None, lo_open=True))  # of teacher and student softmax
+    weight: float = field(default=1.0, metadata=_range(0.0))  # of the distillation term against cross-entropy
+    warmup_epochs: float = field(default=0.5, metadata=_range(0.0))  # the weight ramps up from 0 over these
+    snapshots_per_epoch: float = field(default=4.0, metadata=_range(0.0, None, lo_open=True))  # sent by each peer
+    values: Literal["int8", "fp16", "fp32"] = "int8"  # how a snapshot's weights travel
+    stale_epochs: float = field(default=2.0, metadata=_range(0.0, None, lo_open=True))  # an unrefreshed teacher goes
 
 
 @dataclass(frozen=True)
@@ -253,6 +269,7 @@ class Config:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     communication: CommunicationConfig = CommunicationConfig()
+    distill: DistillConfig = DistillConfig()
     codec: CodecConfig = CodecConfig()
     topology: TopologyConfig = TopologyConfig()
     link: LinkConfig = LinkConfig()

@@ -29,8 +29,9 @@ log = get_logger(__name__)
 
 __all__ = [
     "MAX_RESEND_SEQS", "PROTOCOL_VERSION", "REASONS", "DecodedUpdate", "Done", "Heartbeat", "Hello", "Limits",
-    "Message", "ResendRequest", "StateChunk", "StateRequest", "pack_done", "pack_heartbeat", "pack_hello",
-    "pack_resend_request", "pack_state_chunks", "pack_state_request", "pack_update", "relay", "unpack",
+    "Message", "ResendRequest", "Snapshot", "StateChunk", "StateRequest", "pack_done", "pack_heartbeat",
+    "pack_hello", "pack_resend_request", "pack_snapshot", "pack_state_chunks", "pack_state_request",
+    "pack_update", "relay", "unpack",
     "unpack_envelope",
 ]
 
@@ -113,13 +114,23 @@ class StateChunk:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    node_id: int
+    version: int
+    step: int
+    epoch: int
+    values: torch.Tensor   # fp32, finite, the whole flat parameter vector
+    wire_bytes: int
+
+
+@dataclass(frozen=True)
 class ResendRequest:
     node_id: int            # the requester
     origin: int             # whose updates are missing (the addressee answers only for itself)
     seqs: tuple[int, ...]   # strictly increasing, 1 .. MAX_RESEND_SEQS of them
 
 
-Message = DecodedUpdate | Hello | Heartbeat | Done | StateRequest | StateChunk | ResendRequest
+Message = DecodedUpdate | Hello | Heartbeat | Done | StateRequest | StateChunk | ResendRequest | Snapshot
 
 
 # ---------------------------------------------------------------- packing (trusted, our own data)
@@ -190,6 +201,16 @@ def pack_state_chunks(flat: torch.Tensor, *, node_id: int, seq: int, step: int, 
             offset=offset, total=data.size, data=data[offset:offset + per].tobytes()))
         out.append(env.SerializeToString())
     return out
+
+
+def pack_snapshot(weights: pb.GradUpdate, *, node_id: int, version: int, step: int, epoch: int,
+                  schema_hash: int) -> bytes:
+    """A ModelSnapshot around ``weights`` (the whole vector as one dense segment, see
+    :func:`gossip.protocol.codec.dense.encode_dense`)."""
+    env = _envelope(node_id)
+    env.snapshot.CopyFrom(pb.ModelSnapshot(node_id=node_id, version=version, step=step, epoch=epoch,
+                                           schema_hash=schema_hash, weights=weights))
+    return env.SerializeToString()
 
 
 def relay(message: bytes | pb.Envelope, *, from_id: int) -> bytes:
@@ -273,6 +294,19 @@ def _resend_request(env: pb.Envelope, limits: Limits) -> ResendRequest:
     return ResendRequest(node_id=node_id, origin=origin, seqs=seqs)
 
 
+def _snapshot(env: pb.Envelope, limits: Limits, size: int) -> Snapshot:
+    msg = env.snapshot
+    node_id = _node(msg.node_id, limits, "node_id")  # the dispatcher checks it is the sender's key
+    _schema(msg.schema_hash, limits)
+    if msg.weights.count or msg.weights.low_rank:
+        reject("bad_field", "a snapshot is one dense segment, without sparse values or low-rank blocks")
+    indices, values = decode_update(msg.weights, limits.numel)
+    if indices is not None:
+        reject("bad_segment", "a snapshot must cover the whole parameter vector")
+    return Snapshot(node_id=node_id, version=int(msg.version), step=int(msg.step), epoch=int(msg.epoch),
+                    values=torch.from_numpy(values), wire_bytes=size)
+
+
 def _body(env: pb.Envelope, limits: Limits, size: int) -> Message:
     kind = env.WhichOneof("body")
     if kind == "update":
@@ -295,6 +329,8 @@ def _body(env: pb.Envelope, limits: Limits, size: int) -> Message:
         return _state_chunk(env, limits)
     if kind == "resend_request":
         return _resend_request(env, limits)
+    if kind == "snapshot":
+        return _snapshot(env, limits, size)
     reject("unknown_message", "envelope without a known body")
 
 

@@ -57,7 +57,15 @@ class StateReply:
     chunks: tuple[bytes, ...]
 
 
-ToLoop = Outgoing | TrainingDone | EpochStarted | StateReply
+@dataclass(frozen=True)
+class SnapshotOut:
+    """A ModelSnapshot of ours (communication.mode: codistill): to every neighbour, best effort."""
+
+    version: int
+    data: bytes
+
+
+ToLoop = Outgoing | TrainingDone | EpochStarted | StateReply | SnapshotOut
 
 # ---------------------------------------------------------------- loop -> thread
 
@@ -76,7 +84,7 @@ class Finished:
 
 FINISHED = Finished()
 
-ToThread = wire.DecodedUpdate | StateAsked | Finished
+ToThread = wire.DecodedUpdate | wire.Snapshot | StateAsked | Finished
 
 
 class Bridge:

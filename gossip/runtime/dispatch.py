@@ -58,7 +58,7 @@ class Dispatcher:
     def __init__(self, peer_id: int, neighbours: list[int], *, relay: bool, limits: wire.Limits,
                  config_hash: str, ledger: Ledger, counters: Counters, membership: Membership,
                  catchup: CatchUp, resend: Resender, link: Link,
-                 deliver: Callable[[wire.DecodedUpdate], None], ask_state: Callable[[int], None],
+                 deliver: Callable[[wire.DecodedUpdate | wire.Snapshot], None], ask_state: Callable[[int], None],
                  on_fatal: Callable[[PeerError], None], clock: Callable[[], float] = time.monotonic,
                  security: SecurityConfig | None = None, greet: Callable[[int], None] | None = None,
                  on_heartbeat: Callable[[int, int], None] | None = None) -> None:
@@ -130,11 +130,13 @@ class Dispatcher:
         self.heard.add(sender)
         if env.from_id != sender:  # every envelope names who put it on the link: the key's owner
             raise ProtocolError("spoofed_node_id", f"neighbour {sender} sent from_id {env.from_id}")
-        if isinstance(msg, (wire.Heartbeat, wire.Hello)) and msg.node_id != sender:
+        if isinstance(msg, (wire.Heartbeat, wire.Hello, wire.Snapshot)) and msg.node_id != sender:
             raise ProtocolError("spoofed_node_id", f"neighbour {sender} sent a {type(msg).__name__} "
                                 f"of {msg.node_id}")
         if isinstance(msg, wire.DecodedUpdate):
             self._on_update(sender, msg, env, now)
+        elif isinstance(msg, wire.Snapshot):  # a teacher (codistill): the training thread judges it
+            self.deliver(msg)
         elif isinstance(msg, wire.Heartbeat):
             self.neighbour_step[sender] = msg.step
             if self.on_heartbeat is not None:

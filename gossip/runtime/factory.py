@@ -30,7 +30,8 @@ log = get_logger(__name__)
 def build_worker(cfg: Config, peer_id: int, dataset: Dataset, shard: torch.Tensor, bridge: Any, *,
                  device: torch.device | None = None) -> Worker:
     """Peer ``peer_id``'s worker, training on ``dataset.train[shard]``, talking through ``bridge``."""
-    torch.manual_seed(cfg.seed)  # the same initial weights on every peer
+    # the same initial weights on every peer when they average; their own under codistill (diversity)
+    torch.manual_seed(cfg.seed if cfg.communication.mode == "average" else cfg.seed * 7919 + 1 + peer_id)
     # the sample batch checks a user's model ("package.module:factory") before training starts
     model = build_model(cfg.model.name, dataset.num_classes, dataset.train.images.shape[1],
                         sample=dataset.train.images[:2])

@@ -41,7 +41,15 @@ from gossip.observe.log import get_logger
 from gossip.observe.telemetry import TelemetryPublisher
 from gossip.protocol import wire
 from gossip.runtime import adapt, checkpoint, curve, topology
-from gossip.runtime.bridge import FINISHED, Bridge, EpochStarted, Outgoing, StateReply, TrainingDone
+from gossip.runtime.bridge import (
+    FINISHED,
+    Bridge,
+    EpochStarted,
+    Outgoing,
+    SnapshotOut,
+    StateReply,
+    TrainingDone,
+)
 from gossip.runtime.catchup import CatchUp, StateServer
 from gossip.runtime.dispatch import Dispatcher
 from gossip.runtime.factory import build_peer_worker
@@ -238,6 +246,8 @@ class Peer:
         elif isinstance(item, EpochStarted):
             self.transport.epoch = item.epoch
             self._publish()
+        elif isinstance(item, SnapshotOut):
+            self.counters.snapshots_sent += self.transport.broadcast(item.data)
         elif isinstance(item, StateReply) and item.requester in self.transport.links:
             for chunk in item.chunks:
                 self.transport.send(item.requester, chunk)

@@ -66,6 +66,7 @@ class Counters:
     triggers: dict[str, int] = field(default_factory=dict)  # our updates by the trigger that fired
     updates_lost: int = 0          # given up after timeouts.silence_s (lossy links, crashes)
     skipped_before_state: int = 0  # arrived while catching up: already in the adopted state
+    snapshots_sent: int = 0        # ModelSnapshot frames put on links (communication.mode: codistill)
     rate_limited: dict[str, int] = field(default_factory=dict)  # frames dropped by kind (gossip.runtime.ratelimit)
     log: RejectLog = field(default_factory=RejectLog)
 
@@ -103,7 +104,7 @@ class ByteCounts(Protocol):
 def counters(c: Counters, tr: ByteCounts, progress: Progress, numel: int,
              resend_counts: dict[str, int]) -> dict[str, Any]:
     """The traffic and filtering figures of telemetry and of the result."""
-    dense = c.updates_sent * numel * 4
+    dense = (c.updates_sent + c.snapshots_sent) * numel * 4  # what fp32 updates / snapshots would take
     epochs_seen = max(1, len([e for e, b in tr.bytes_sent_by_epoch.items() if b > 0]))
     return {
         "bytes_sent": tr.bytes_sent, "bytes_received": tr.bytes_received,
@@ -116,6 +117,7 @@ def counters(c: Counters, tr: ByteCounts, progress: Progress, numel: int,
         "rejected_by_reason": _merged(c.rejected, progress.rejected_by_policy),
         "rate_limited": dict(c.rate_limited), "duplicates": c.duplicates, **resend_counts,
         "triggers": dict(c.triggers),
+        "snapshots_sent": c.snapshots_sent, "snapshots_applied": progress.snapshots_applied,
         "dense_equivalent_bytes": dense,
         "compression_ratio": dense / tr.bytes_sent if tr.bytes_sent else None,
         "mb_per_epoch": tr.bytes_sent / 1e6 / epochs_seen,

@@ -27,6 +27,7 @@ class Progress:
     raw_bytes_originated: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     applied_by_origin: dict[int, int] = field(default_factory=dict)  # folded-in updates per originator
+    snapshots_applied: int = 0  # neighbours' snapshots taken as teachers (communication.mode: codistill)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -34,7 +35,7 @@ class Progress:
             "updates_rejected_by_policy": self.updates_rejected_by_policy,
             "rejected_by_policy": dict(self.rejected_by_policy),
             "applied_by_origin": dict(self.applied_by_origin), "history": list(self.history),
-            "test_accuracy": self.test_accuracy,
+            "test_accuracy": self.test_accuracy, "snapshots_applied": self.snapshots_applied,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -45,3 +46,4 @@ class Progress:
         self.applied_by_origin = {int(k): int(v) for k, v in state["applied_by_origin"].items()}
         self.history = list(state["history"])
         self.test_accuracy = state["test_accuracy"]
+        self.snapshots_applied = int(state.get("snapshots_applied", 0))

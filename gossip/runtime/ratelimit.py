@@ -29,6 +29,7 @@ RATES: dict[str, tuple[float, float]] = {
     "hello": (10.0, 50.0),
     "state_request": (1.0, 5.0),
     "resend_request": (20.0, 100.0),
+    "snapshot": (20.0, 50.0),  # codistill: a few per epoch; each costs a teacher load
     JUNK: (20.0, 100.0),
 }
 

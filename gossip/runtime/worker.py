@@ -34,10 +34,10 @@ from gossip._proto import gossip_pb2 as pb
 from gossip.aggregation import Local, apply, make_policy
 from gossip.aggregation.bound import NormBound
 from gossip.config import Config
-from gossip.errors import CheckpointError
 from gossip.observe.log import get_logger
 from gossip.protocol import wire
 from gossip.protocol.codec import ErrorFeedback, Layout, Sent, UpdateEncoder, make_encoder
+from gossip.runtime import worker_state
 from gossip.runtime.adapt import Adapter, LeadBound
 from gossip.runtime.bridge import (
     FINISHED,
@@ -50,6 +50,7 @@ from gossip.runtime.bridge import (
     TrainingDone,
 )
 from gossip.runtime.checkpoint import Checkpointer
+from gossip.runtime.codistill import Codistill
 from gossip.runtime.ledger import Ledger
 from gossip.runtime.outcome import RejectLog
 from gossip.runtime.progress import Progress
@@ -117,6 +118,7 @@ class Worker:
         self.adopted: tuple[int, ...] = ()  # the down peers whose shards this epoch trains on too
         self._prev = torch.empty_like(trainer.flat)
         self._delta = torch.empty_like(trainer.flat)
+        self.codistill = Codistill(self) if cfg.communication.mode == "codistill" else None
 
     # ------------------------------------------------------------ the thread body
     def run(self) -> dict[str, Any]:
@@ -147,6 +149,8 @@ class Worker:
 
     def train_batch(self, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
         """Steps 2-4 of the module docstring for batch ``step`` of the epoch; returns its loss."""
+        if self.codistill is not None:  # no delta: a step towards labels and teachers (gossip.runtime.codistill)
+            return self.codistill.train_batch(x, y, step)
         tr = self.trainer
         self._prev.copy_(tr.flat)
         stats = tr.step(x, y)
@@ -195,6 +199,8 @@ class Worker:
     def fold_in(self, items: list[Any]) -> bool:
         """Apply decoded neighbour updates; True when the loop said FINISHED among them."""
         finished = FINISHED in items
+        if self.codistill is not None:
+            self.codistill.offer([s for s in items if isinstance(s, wire.Snapshot)])
         updates = [u for u in items if isinstance(u, wire.DecodedUpdate) and self._first_fold(u)]
         updates = self.bound.admit(updates, self._count_rejected)
         by = self.progress.applied_by_origin
@@ -310,7 +316,7 @@ class Worker:
 
     def _finish(self) -> dict[str, Any]:
         self.progress.state = "finishing"
-        if self.cfg.communication.final_flush:
+        if self.cfg.communication.final_flush and self.codistill is None:  # codistill has no residual
             self.trigger.mark_synced(FINAL)
             self.send_update(FINAL, final=True)
         self.bridge.to_loop(TrainingDone(self.seq - 1))
@@ -328,6 +334,8 @@ class Worker:
         log.info("norm_bound_summary", factor=self.bound.factor, peak=round(self.bound.peak, 4), **self.bound.stats)
         self.rejects.flush(force=True)
         self.adapter.summary()
+        if self.codistill is not None:
+            self.codistill.summary()
         self.lead.flush(self.progress.global_step)
         if self.cfg.communication.bn_recalibrate_batches:  # statistics for the averaged weights
             layers = self.trainer.recalibrate_bn(self.cfg.communication.bn_recalibrate_batches)
@@ -352,45 +360,11 @@ class Worker:
                 self.checkpointer.save(self.state_dict(epoch, step), epoch, step, reason="stop")
         return {"test_accuracy": None, "test_loss": None, "stopped": True}
 
-    # ------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------ checkpoints (gossip.runtime.worker_state)
     def state_dict(self, epoch: int, step: int) -> dict[str, Any]:
-        """Everything :meth:`load_state_dict` needs to continue at data position (epoch, step):
-        each component's own state. Updates received but not folded in yet are not in it."""
-        return {
-            "peer_id": self.peer_id, "schema_hash": self.layout.schema_hash,
-            "position": {"epoch": epoch, "step": step, "global_step": self.progress.global_step},
-            "trainer": self.trainer.state_dict(), "feedback": self.feedback.state_dict(),
-            "encoder": self.encoder.state_dict(), "trigger": self.trigger.state_dict(),
-            "seq": self.seq, "adopted": list(self.adopted), "applied": self.applied.state_dict(),
-            "policy": self.policy.state_dict(), "bound": self.bound.state_dict(),
-            "attack": self.attack.state_dict() if self.attack is not None else {},
-            "progress": self.progress.state_dict(),
-        }
+        """Everything :meth:`load_state_dict` needs to continue at data position (epoch, step)."""
+        return worker_state.save(self, epoch, step)
 
     def load_state_dict(self, state: dict[str, Any]) -> tuple[int, int]:
-        """Continue from ``state``; returns its data position (epoch, step). CheckpointError when
-        it is another peer's, another model's, or malformed."""
-        if state.get("peer_id") != self.peer_id:
-            raise CheckpointError(f"checkpoint of peer {state.get('peer_id')}, not of peer {self.peer_id}")
-        if state.get("schema_hash") != self.layout.schema_hash:
-            raise CheckpointError("checkpoint of a different model (schema hash differs): same model.name needed")
-        try:
-            self.trainer.load_state_dict(state["trainer"])
-            self.feedback.load_state_dict(state["feedback"])
-            self.encoder.load_state_dict(state["encoder"])
-            self.trigger.load_state_dict(state["trigger"])
-            self.seq = int(state["seq"])
-            self.adopt_shards(tuple(int(p) for p in state.get("adopted", [])))
-            self.applied.load_state_dict(state["applied"])
-            if state.get("policy"):
-                self.policy.load_state_dict(state["policy"])
-            if state.get("bound"):
-                self.bound.load_state_dict(state["bound"])
-            if state.get("attack") and self.attack is not None:
-                self.attack.load_state_dict(state["attack"])
-            pos, p = state["position"], self.progress
-            p.load_state_dict(state["progress"])
-            p.global_step, p.epoch, p.step = int(pos["global_step"]), int(pos["epoch"]), int(pos["step"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint: missing or malformed field ({type(exc).__name__}: {exc})") from None
-        return int(pos["epoch"]), int(pos["step"])
+        """Continue from ``state``; returns its data position (epoch, step) (CheckpointError if unfit)."""
+        return worker_state.load(self, state)

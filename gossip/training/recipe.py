@@ -11,7 +11,9 @@ problem, both in ``communication:``:
   effective to centralized batch (linear, Goyal et al. 2017) or its square root (Hoffer et al. 2017;
   gentler for compressed, delayed averaging). ``lr_scale`` multiplies on top (a hand-tuned factor).
 
-Centralized runs (``peers == 1`` or the baseline) are unchanged.
+Centralized runs (``peers == 1`` or the baseline) are unchanged, and so are codistilling peers
+(``communication.mode: codistill``): each trains a model of its own, nothing is averaged, so
+each takes the centralized recipe's batch and learning rate as they are.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def swarm_step(cfg: Config) -> SwarmStep:
     n, comm, batch = cfg.peers, cfg.communication, cfg.train.batch_size
     if n <= 1:
         return SwarmStep(batch, comm.lr_scale, batch)
+    if comm.mode == "codistill":
+        return SwarmStep(batch, 1.0, batch)
     per_peer = max(1, round(batch / n)) if comm.global_batch else batch
     ratio = n * per_peer / batch
     rule = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[comm.lr_rule]

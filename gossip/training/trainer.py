@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -199,12 +199,16 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> StepStats:
-        """Forward, backward, SGD update of ``self.flat``, advance the schedule."""
+    def step(self, x: torch.Tensor, y: torch.Tensor,
+             extra: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> StepStats:
+        """Forward, backward, SGD update of ``self.flat``, advance the schedule. ``extra(logits, x)``:
+        a loss term added to the cross-entropy (codistillation's, gossip.training.distill)."""
         self.grad.zero_()
         with self._autocast():
             logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+            if extra is not None:
+                loss = loss + extra(logits, x)
         loss.backward()
         with torch.no_grad():
             grad_norm = torch.linalg.vector_norm(self.grad)
