@@ -92,6 +92,9 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path, capsys, data_root):
     large = json.loads((out / "arms/large-seed0/result.json").read_text())
     assert rows["large"]["accuracy_mean"] == pytest.approx(large["test_accuracy"]) and rows["large"]["params"] > 10**6
     assert rows["swarm"]["n"] == 2 and rows["swarm"]["mb_per_epoch"] > 0 and rows["swarm"]["compression_ratio"] > 1
+    assert rows["large"]["macs"] == 11_769_792 and rows["swarm"]["macs"] == 1_083_008  # one model answers
+    # forward + backward ~ 3 passes per sample seen: 1000 samples x 2 epochs, the swarm's over its 2 shards
+    assert rows["swarm"]["train_macs"] == 3 * 1_083_008 * 1000 * 2 == rows["small"]["train_macs"]
     ens = json.loads((out / "arms/swarm-seed0/ensemble.json").read_text())
     assert rows["swarm"]["ensemble_mean"] == pytest.approx(ens["ensemble"]["accuracy"])
     assert rows["swarm"]["consensus_mean"] == pytest.approx(ens["consensus"]["accuracy"])

@@ -84,6 +84,20 @@ def _describe(cfg: dict[str, Any]) -> dict[str, Any]:
             "epochs": cfg.get("train", {}).get("epochs")}
 
 
+def _compute(readies: list[dict[str, Any] | None], epochs: int, *, teachers: list[int],
+             ensemble: bool) -> dict[str, Any]:
+    """Inference MACs per image (an ensemble answer counts every member) and training MACs of a
+    run: forward + backward ~ 3 forward passes per sample seen, plus one forward per teacher
+    under codistillation (gossip.training.distill)."""
+    known = [r for r in readies if r and isinstance(r.get("macs"), int)]
+    if not known:
+        return {"macs": None, "train_macs": None}
+    macs = known[0]["macs"]
+    train = sum(epochs * int(r.get("train_samples", 0)) * r["macs"] * (3 + t)
+                for r, t in zip(known, teachers, strict=False))
+    return {"macs": macs * (len(readies) if ensemble else 1), "train_macs": train}
+
+
 # ---------------------------------------------------------------- one run folder
 def load_swarm(run_dir: Path) -> Arm:
     logs = sorted(run_dir.glob("peer-*.jsonl"), key=lambda p: int(p.stem.split("-")[1]))
@@ -139,6 +153,11 @@ def load_swarm(run_dir: Path) -> Arm:
     }
     t0 = start.get("ts") if start else min((c["ts"] for c in curve if c["ts"]), default=None)
     arm["send_rate"] = _send_rate(run_dir, curve, sent_by_epoch, t0)
+    arm["mode"] = cfg.get("communication", {}).get("mode", "average")
+    codistill = arm["mode"] == "codistill"
+    teachers = [len((last_event(ev, "peer_built") or {}).get("neighbours", [])) if codistill else 0 for ev in peers]
+    arm.update(_compute([last_event(ev, "trainer_ready") for ev in peers], n_epochs, teachers=teachers,
+                        ensemble=codistill))
     return arm
 
 
@@ -188,7 +207,9 @@ def load_centralized(run_dir: Path) -> Arm:
         "final_accuracy": [done["test_accuracy"]] if done else [], "finished_peers": int(done is not None),
         "complete": done is not None, "curve": curve, "bytes_sent_total": 0, "dense_equivalent_bytes": 0,
         "mb_per_epoch": 0.0, "compression_ratio": None, "wall_s": done.get("wall_s") if done else None,
-        "label_histograms": [], "send_rate": [], "rejected": 0, "peers_down": [],
+        "label_histograms": [], "send_rate": [], "rejected": 0, "peers_down": [], "mode": "centralized",
+        **_compute([last_event(ev, "trainer_ready")], int(cfg.get("train", {}).get("epochs") or 1), teachers=[0],
+                   ensemble=False),
     }
 
 
@@ -264,6 +285,7 @@ def _row(group: str, arms: list[Arm], target: float | None) -> dict[str, Any]:
         "target_reached": f"{sum(t is not None for t in ttt)}/{len(ttt)}" if target is not None else None,
         "compression_ratio": _mean([a["compression_ratio"] for a in arms]),
         "complete": all(a["complete"] for a in arms),
+        "mode": first.get("mode"), "macs": first.get("macs"), "train_macs": _mean([a.get("train_macs") for a in arms]),  # type: ignore[misc]
     }
     for extra in ("ensemble", "consensus"):  # the swarm deciding together, over seeds
         scores = [a[extra]["accuracy"] for a in arms if a.get(extra)]

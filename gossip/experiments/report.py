@@ -59,15 +59,17 @@ def _over(row: dict[str, Any]) -> str:
 
 def markdown_table(rows: list[dict[str, Any]], target: float | None) -> str:
     to = f"to {100 * target:g}% s" if target is not None else "to target s"
-    head = ["arm", "model", "params", "peers", "accuracy % (mean ± std)", "over", "seed std", "ensemble %",
-            "consensus %", "MB/epoch", "wall s", to, "compression"]
+    head = ["arm", "model", "params", "MMAC/img", "train TMAC", "peers", "accuracy % (mean ± std)", "over",
+            "seed std", "ensemble %", "consensus %", "MB/epoch", "wall s", to, "compression"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in rows:
         acc = "—" if r["accuracy_mean"] is None else f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
         ttt = "—" if r["target_reached"] is None else f"{_num(r['time_to_target_s'])} ({r['target_reached']})"
         comp = "—" if r["compression_ratio"] is None else f"{r['compression_ratio']:.0f}x"
         seed_std = None if r["accuracy_seed_std"] is None else 100 * r["accuracy_seed_std"]
+        macs, train = r.get("macs"), r.get("train_macs")
         cells = [r["arm"] + ("" if r["complete"] else " (incomplete)"), r["model"] or "—", _params(r["params"]),
+                 _num(None if macs is None else macs / 1e6, ".2f"), _num(None if train is None else train / 1e12, ".1f"),
                  str(r["peers"]), acc, _over(r), _num(seed_std, ".2f"), _pct(r.get("ensemble_mean")),
                  _pct(r.get("consensus_mean")), _num(r["mb_per_epoch"], ".2f"), _num(r["wall_s"]), ttt, comp]
         lines.append("| " + " | ".join(cells) + " |")
@@ -128,7 +130,25 @@ def answer(rows: list[dict[str, Any]], tolerance_pts: float) -> str:
         comp = f" ({swarm['compression_ratio']:.0f}x less than dense updates)" if swarm["compression_ratio"] else ""
         text += (f" The swarm sent {swarm['mb_per_epoch']:.2f} MB per epoch{comp} and ran {_num(swarm['wall_s'], '.0f')} s"
                  f" against {_num(ref['wall_s'], '.0f')} s for the centralized model.")
-    return text
+    return text + "".join(_codistill(r, ref, swarm) for r in rows if r.get("mode") == "codistill")
+
+
+def _codistill(row: dict[str, Any], ref: dict[str, Any], swarm: dict[str, Any]) -> str:
+    """The codistilling arm's answer: its ensemble, at its inference cost against the big model's."""
+    ens = row.get("ensemble_mean")
+    if ens is None or ref["accuracy_mean"] is None:
+        return ""
+    gap = 100 * (ens - ref["accuracy_mean"])
+    cost = ""
+    if row.get("macs") and ref.get("macs"):
+        cost = (f", {row['peers']} x {_params(row['params'])} params and {row['macs'] / 1e6:.1f} MMAC per image "
+                f"against {_params(ref['params'])} and {ref['macs'] / 1e6:.1f}")
+    mb = ""
+    if row.get("mb_per_epoch") is not None and swarm.get("mb_per_epoch"):
+        mb = f"; it sent {row['mb_per_epoch']:.2f} MB per epoch ({row['mb_per_epoch'] / swarm['mb_per_epoch']:.2f}x the averaging swarm's)"
+    return (f" Codistilling instead (each peer its own model, {row['arm']}), the peers' ensemble reaches {_pct(ens)}% "
+            f"({len(row['seeds'])} seeds), {abs(gap):.2f} points {'above' if gap >= 0 else 'below'} the centralized "
+            f"{ref['model']}{cost}{mb}.")
 
 
 # ---------------------------------------------------------------- plots

@@ -30,6 +30,7 @@ Tuning notes:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -171,6 +172,34 @@ def build_model(name: str, num_classes: int, in_channels: int, sample: torch.Ten
     log.info("model_built", name=name, params=count_params(model), num_classes=num_classes,
              in_channels=in_channels)
     return model
+
+
+def count_macs(model: nn.Module, sample_shape: tuple[int, ...] | torch.Size) -> int:
+    """Multiply-accumulates of one forward pass on one sample of ``sample_shape`` (C, H, W): the
+    convolutions' and linear layers' (what dominates; norms, activations and pooling are left out)."""
+    total = 0
+
+    def conv(m: nn.Conv2d, _: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear(m: nn.Linear, _: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel() // out.shape[0] * m.in_features
+
+    hooks = [m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else linear)  # type: ignore[arg-type]
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    param = next(model.parameters(), None)
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *sample_shape, device=param.device if param is not None else "cpu"))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return total
 
 
 def count_params(model: nn.Module) -> int:

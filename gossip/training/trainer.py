@@ -42,6 +42,7 @@ from gossip.config import Config
 from gossip.errors import CheckpointError, ConfigError
 from gossip.observe.log import get_logger
 from gossip.training.data import Dataset, Split, normalize, random_crop_flip
+from gossip.training.models import count_macs
 
 log = get_logger(__name__)
 
@@ -142,7 +143,9 @@ class Trainer:
             offset += n
         self.velocity = torch.zeros_like(self.flat)  # SGD momentum buffer
         self.model.train()
+        self.macs = count_macs(self.model, tuple(train.images.shape[1:]))  # per sample, one forward pass
         log.info("trainer_ready", params=numel, tensors=len(params), train_samples=len(train), peak_lr=self.peak_lr,
+                 macs=self.macs,
                  steps_per_epoch=self.steps_per_epoch, device=str(device), amp=str(self.amp_dtype),
                  threads=torch.get_num_threads())
 
