@@ -12,7 +12,9 @@ from gossip import config
 from gossip.errors import CheckpointError
 from gossip.experiments.bench_robust import MemoryBridge, build_worker
 from gossip.protocol import wire
+from gossip.protocol.codec.dense import encode_dense
 from gossip.runtime import checkpoint
+from gossip.runtime.bridge import SnapshotOut
 from gossip.runtime.checkpoint import Checkpointer
 from gossip.runtime.ledger import Ledger
 from gossip.runtime.worker import FINISHED
@@ -323,3 +325,56 @@ def test_randomk_peers_pick_different_elements_and_resume_exactly(setup, tmp_pat
     assert torch.equal(straight.trainer.flat, resumed.trainer.flat)
     a, c = sent_updates(straight), sent_updates(resumed)
     assert c and all(a[s] == c[s] for s in c)
+
+
+class Teacher(MemoryBridge):
+    """Feeds a codistilling worker a fixed neighbour snapshot every fourth global step."""
+
+    def __init__(self, worker, stop_at=None):
+        super().__init__()
+        self.worker, self.stop_at = worker, stop_at
+        self.limits = wire.Limits(numel=worker.layout.numel, schema_hash=worker.layout.schema_hash,
+                                  max_bytes=1 << 26, peers=2)
+        self.base = worker.trainer.flat.clone()  # a plausible model: ours at the start, perturbed
+
+    def drain(self, limit=10_000):
+        items = super().drain()
+        g = self.worker.progress.global_step
+        if g % 4 == 0:
+            noise = torch.from_numpy(np.random.default_rng(g).normal(0, 0.02, self.base.numel()).astype(np.float32))
+            data = wire.pack_snapshot(encode_dense(self.base + noise), node_id=1, version=g // 4, step=g, epoch=0,
+                                      schema_hash=self.worker.layout.schema_hash)
+            items.append(wire.unpack(data, self.limits))
+        if self.stop_at is not None and g >= self.stop_at:
+            self.stop.set()
+        return items
+
+    def wait(self, timeout):
+        return MemoryBridge.drain(self) or [FINISHED]
+
+
+def test_a_codistilling_worker_resumes_bit_exact_with_its_teachers(setup, tmp_path):
+    cfg, dataset, shards = setup
+    cfg = config.replace(cfg, ["communication.mode=codistill", "distill.warmup_epochs=0.2",
+                               "distill.snapshots_per_epoch=2"])
+
+    def make_cd(where, stop_at=None):
+        w = build_worker(cfg, 0, dataset, shards[0])
+        w.bridge = Teacher(w, stop_at)
+        w.checkpointer = Checkpointer(where, 0, cfg.checkpoint)
+        return w
+
+    straight = make_cd(tmp_path / "a")
+    straight.run()
+    first = make_cd(tmp_path / "b", stop_at=STEPS + 5)  # stops in epoch 1 between snapshots, holding one
+    assert first.run()["stopped"] and first.codistill.distiller.teachers
+    resumed = make_cd(tmp_path / "c")
+    _, st = checkpoint.latest(tmp_path / "b" / "checkpoints" / "peer-0")
+    resumed.start_epoch, resumed.start_step = resumed.load_state_dict(st)
+    assert set(resumed.codistill.distiller.teachers) == {1}
+    resumed.run()
+    assert torch.equal(straight.trainer.flat, resumed.trainer.flat)  # the teachers' pull included
+    assert straight.codistill.version == resumed.codistill.version
+    assert straight.progress.snapshots_applied == resumed.progress.snapshots_applied > 0
+    snaps = [i.data for i in straight.bridge.sent if isinstance(i, SnapshotOut)]
+    assert snaps and straight.seq == 0  # snapshots out, never a delta
