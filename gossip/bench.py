@@ -5,6 +5,7 @@ codec      encode/decode throughput and wire size of the codecs (gossip.experime
 swarm      a swarm against the centralized baseline, end to end (gossip.experiments.bench_swarm)
 robust     robust aggregation against simulated attackers (gossip.experiments.bench_robust)
 shaper     the bandwidth cap on the wire in network namespaces (gossip.experiments.bench_shaper)
+scale      8 and 16 peers on a ring and a torus: accuracy and bytes per peer (gossip.experiments.bench_scale)
 =========  =====================================================================
 
 A subcommand is a module with ``main(argv: list[str] | None) -> int``; add one by
@@ -24,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "swarm": ("gossip.experiments.bench_swarm", "a swarm against the centralized baseline"),
     "robust": ("gossip.experiments.bench_robust", "robust aggregation against simulated attackers"),
     "shaper": ("gossip.experiments.bench_shaper", "the bandwidth cap on the wire, second by second (root)"),
+    "scale": ("gossip.experiments.bench_scale", "8 and 16 peers on a ring and a torus"),
 }
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from ports import free_port_block
 
 from gossip import bench
 from gossip.experiments import bench_codec as codec_bench
@@ -64,3 +65,17 @@ def test_every_subcommand_module_has_a_main():
 
     for module, _ in bench.SUBCOMMANDS.values():
         assert callable(importlib.import_module(module).main)
+
+
+@pytest.mark.slow
+def test_scale_bench_quick_runs_8_peers_on_a_ring_and_a_torus(capsys, data_root, tmp_path):
+    base = free_port_block(40)
+    code = bench.main(["scale", "--quick", "--out", str(tmp_path), "--json", f"data.root={data_root}",
+                       f"topology.base_port={base}", f"dashboard.telemetry_port={base + 20}"])
+    figures = json.loads(capsys.readouterr().out)
+    rows = {r["topology"]: r for r in figures["rows"]}
+    assert set(rows) == {"ring", "torus"} and all(r["peers"] == 8 for r in rows.values())
+    assert rows["ring"]["degree"] == 2 and rows["torus"]["degree"] == 3  # a 2 x 4 torus: up and down are one peer
+    assert rows["torus"]["mb_per_epoch"] > rows["ring"]["mb_per_epoch"] > 0  # more neighbours, more bytes
+    assert all(r["accuracy_mean"] > 0.6 for r in rows.values())  # 1 epoch on 1,000 samples per peer: learning
+    assert code == 0 and figures["checks"] == {"ring_bytes_flat": True, "torus_bytes_flat": True}

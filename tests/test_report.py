@@ -52,6 +52,10 @@ def test_a_codistilling_arm_is_answered_by_its_ensemble_with_its_cost():
             "reaches 99.12% (2 seeds), 0.12 points above the centralized mnist_cnn, 4 x 47k params and 4.3 MMAC per "
             "image against 1.20M and 11.8; it sent 2.00 MB per epoch (1.33x the averaging swarm's).") in text
     assert "Codistilling" not in report.answer(rows(0.9870), 0.5)
+    for r in rs:
+        r["mode"] = "codistill"  # every arm codistills: one sentence, not one per arm
+    text = report.answer([r for r in rs if r["role"] != "sweep" or r["mode"]], 0.5)
+    assert "Codistilling instead" not in text and text.endswith("the swarm's answer is their ensemble.")
 
 
 @pytest.mark.parametrize(("swarm", "ens", "verdict"), [

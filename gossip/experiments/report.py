@@ -130,6 +130,8 @@ def answer(rows: list[dict[str, Any]], tolerance_pts: float) -> str:
         comp = f" ({swarm['compression_ratio']:.0f}x less than dense updates)" if swarm["compression_ratio"] else ""
         text += (f" The swarm sent {swarm['mb_per_epoch']:.2f} MB per epoch{comp} and ran {_num(swarm['wall_s'], '.0f')} s"
                  f" against {_num(ref['wall_s'], '.0f')} s for the centralized model.")
+    if swarm.get("mode") == "codistill":  # its sweeps are codistilling too: the table tells them apart
+        return text + " The peers codistill (each its own model): the swarm's answer is their ensemble."
     return text + "".join(_codistill(r, ref, swarm) for r in rows if r.get("mode") == "codistill")
 
 
