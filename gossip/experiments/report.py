@@ -132,10 +132,10 @@ def answer(rows: list[dict[str, Any]], tolerance_pts: float) -> str:
                  f" against {_num(ref['wall_s'], '.0f')} s for the centralized model.")
     if swarm.get("mode") == "codistill":  # its sweeps are codistilling too: the table tells them apart
         return text + " The peers codistill (each its own model): the swarm's answer is their ensemble."
-    return text + "".join(_codistill(r, ref, swarm) for r in rows if r.get("mode") == "codistill")
+    return text + "".join(_codistill(r, ref, swarm, small) for r in rows if r.get("mode") == "codistill")
 
 
-def _codistill(row: dict[str, Any], ref: dict[str, Any], swarm: dict[str, Any]) -> str:
+def _codistill(row: dict[str, Any], ref: dict[str, Any], swarm: dict[str, Any], small: dict[str, Any] | None) -> str:
     """The codistilling arm's answer: its ensemble, at its inference cost against the big model's."""
     ens = row.get("ensemble_mean")
     if ens is None or ref["accuracy_mean"] is None:
@@ -148,9 +148,14 @@ def _codistill(row: dict[str, Any], ref: dict[str, Any], swarm: dict[str, Any]) 
     mb = ""
     if row.get("mb_per_epoch") is not None and swarm.get("mb_per_epoch"):
         mb = f"; it sent {row['mb_per_epoch']:.2f} MB per epoch ({row['mb_per_epoch'] / swarm['mb_per_epoch']:.2f}x the averaging swarm's)"
+    alone = ""
+    if row.get("accuracy_mean") is not None and small is not None and small.get("accuracy_mean") is not None:
+        alone = (f" Each of its peers, trained on a 1/{row['peers']} shard, reaches {_pct(row['accuracy_mean'])}% alone "
+                 f"against {_pct(small['accuracy_mean'])}% for {small['model']} trained on all the data: that is "
+                 "what the ensemble has to make up.")
     return (f" Codistilling instead (each peer its own model, {row['arm']}), the peers' ensemble reaches {_pct(ens)}% "
             f"({len(row['seeds'])} seeds), {abs(gap):.2f} points {'above' if gap >= 0 else 'below'} the centralized "
-            f"{ref['model']}{cost}{mb}.")
+            f"{ref['model']}{cost}{mb}.{alone}")
 
 
 # ---------------------------------------------------------------- plots
