@@ -11,6 +11,7 @@ import pytest
 
 from gossip import config
 from gossip.protocol import wire
+from gossip.runtime import membership
 from gossip.runtime.adapt import MAX_GAP, Adapter, LeadBound, slowest_step
 from gossip.runtime.ledger import Ledger
 from gossip.runtime.membership import Membership
@@ -208,6 +209,29 @@ def test_a_partition_holds_the_finish_until_the_link_comes_back():
         s.m.on_done(wire.Done(node_id=p, last_seq=last, complete=False))
     s.m.check_finish()
     assert s.finished == [True] and s.m.finish_reason == "all_delivered"
+
+
+def test_after_a_partition_the_others_get_a_grace_to_be_heard_again():
+    """The link is back: peer 1 is heard first, 2 half a second later (its reconnect). Finishing
+    on hearing 1 would leave 2 'down' and its updates unapplied (a CI run did that); 3 never comes
+    back and after REJOIN_GRACE_S counts as crashed."""
+    s = Swarm()
+    s.m.training_done(last_seq=3)
+    s.tick(SILENCE + 2)
+    assert s.m.partitioned_since is not None
+    s.hear(1)
+    s.m.check_down(s.clock())
+    s.m.on_done(wire.Done(node_id=1, last_seq=-1, complete=False))
+    s.m.check_finish()
+    assert s.m.partitioned_since is None and s.m.rejoining == {2, 3} and not s.finished
+    s.clock.advance(0.5)
+    s.hear(1, 2)
+    s.m.check_down(s.clock())
+    s.m.on_done(wire.Done(node_id=2, last_seq=-1, complete=False))
+    assert s.m.rejoining == {3} and not s.finished
+    s.hear(1, 2)
+    s.tick(membership.REJOIN_GRACE_S)
+    assert s.finished == [True] and s.m.finish_reason == "peers_down" and s.ledger.down() == [3]
 
 
 def test_after_partition_wait_the_peer_gives_up_and_says_why():

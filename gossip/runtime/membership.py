@@ -11,7 +11,8 @@
 * **A partition is not the end**: when every other peer goes silent at once (marked down within
   ``PARTITION_SPREAD_S`` of each other, none left), this peer does not declare itself done for
   up to ``timeouts.partition_wait_s``: the link may come back (a peer heard again is up again,
-  and the resend machinery asks for what is missing). ``finish_reason`` says how it ended:
+  and the resend machinery asks for what is missing; once one peer is back the others of the
+  partition get ``REJOIN_GRACE_S`` to be heard too). ``finish_reason`` says how it ended:
   ``all_delivered``, ``peers_down`` (some peers were given up as down), ``updates_lost``
   (a finished peer's missing updates were given up) or ``gave_up_after_partition``.
 
@@ -35,6 +36,9 @@ log = get_logger(__name__)
 Broadcast = Callable[..., int]  # Transport.broadcast(data, exclude=()) -> frames queued
 LINGER_POLL_S = 0.05
 PARTITION_SPREAD_S = 3.0  # peers marked down within this many seconds of each other went silent "at once"
+# Once the first peer of a partition is heard again, the others get this long to be heard too before
+# they count as crashed: each reconnects on its own (ZeroMQ's 1 s backoff) and beats once a second.
+REJOIN_GRACE_S = 5.0
 
 
 class Membership:
@@ -58,6 +62,8 @@ class Membership:
         self.down_at: dict[int, float] = {}  # when each peer now down was marked down
         self.partitioned_since: float | None = None  # every peer went silent at once: wait for the link
         self.partition_gave_up = False
+        self.rejoining: set[int] = set()  # the partition healed: these of it are not heard yet
+        self.rejoin_until = 0.0
         self.finish_reason: str | None = None
 
     # ------------------------------------------------------------ events
@@ -85,7 +91,7 @@ class Membership:
 
     def check_finish(self) -> None:
         if self.own_done and not self.delivered_sent and self.ledger.all_delivered():
-            if self.partitioned_since is not None and not self.partition_gave_up:
+            if (self.partitioned_since is not None and not self.partition_gave_up) or self.rejoining:
                 return  # cut off, not abandoned: wait for the link (check_partition)
             self.delivered_sent = True
             self.finish_reason = ("gave_up_after_partition" if self.partition_gave_up
@@ -113,11 +119,20 @@ class Membership:
         views = self.ledger.views
         for peer in [p for p in self.down_at if not views[p].down]:
             del self.down_at[peer]  # heard again
+        if self.rejoining:
+            self.rejoining &= set(self.down_at)
+            if not self.rejoining or now >= self.rejoin_until:
+                if self.rejoining:
+                    log.warning("partition_left_down", peers=sorted(self.rejoining), grace_s=REJOIN_GRACE_S)
+                self.rejoining = set()
+                self.check_finish()
         if self.partitioned_since is not None:
             if len(self.down_at) < len(views):
                 log.info("partition_healed", seconds=round(now - self.partitioned_since, 3),
                          back=sorted(p for p in views if p not in self.down_at))
                 self.partitioned_since = None
+                # the others were cut off by the same event: their connections come back one by one
+                self.rejoining, self.rejoin_until = set(self.down_at), now + REJOIN_GRACE_S
             elif not self.partition_gave_up and now - self.partitioned_since >= self.partition_wait_s:
                 self.partition_gave_up = True
                 log.warning("partition_gave_up", waited_s=round(now - self.partitioned_since, 3))
