@@ -234,7 +234,10 @@ def test_hostile_inputs_are_rejected_and_training_is_unharmed(data_root, tmp_pat
     assert victim["inbox_resets"] >= 1  # the 64 MiB frame cut its connection
     assert rss[1] - rss[0] < 100 * 2**20, f"peer 0 grew by {(rss[1] - rss[0]) / 2**20:.0f} MiB"
     assert victim["applied_by_origin"].get("3", 0) <= 2  # at most the two harmless zero updates
-    assert victim["test_accuracy"] >= clean[0]["test_accuracy"] - TOLERANCE - noise
+    # Against another run: the spread of three clean runs understates how far two runs can land apart
+    # (measured: 1.3 points once in three), hence twice it; the check against its own neighbours below
+    # is the tight one.
+    assert victim["test_accuracy"] >= clean[0]["test_accuracy"] - TOLERANCE - 2 * noise
     for p in (1, 2):  # the victim applied nothing its unattacked neighbours did not (what the flood
         # made it drop may differ: the same allowance as against the clean run; 1e-9: 6/2000 is 0.003)
         assert abs(victim["test_accuracy"] - results[p]["test_accuracy"]) <= TOLERANCE + noise + 1e-9
