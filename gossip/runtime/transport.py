@@ -117,17 +117,19 @@ class Transport:
                  burst_bytes=self.shaper.burst_bytes, piece_bytes=self.shaper.piece_bytes)
 
     def _open_link(self, nbr: int) -> None:
-        link = Link(nbr, self._connect(nbr), self.shaper.bucket())
+        sock, monitor = self._connect(nbr)
+        link = Link(nbr, sock, self.shaper.bucket())
         self.links[nbr] = link
         send = faults.wrap_send(functools.partial(self._deliver, link), self.cfg.link, self._rng,
                                 functools.partial(self._on_fault, link))
         self._tasks.append(asyncio.create_task(self._pump(link, send), name=f"link-{nbr}"))
-        self._watch(link)
+        self._watch(link, monitor)
         if self._latency_s > 0:
             self._tasks.append(asyncio.create_task(self._delay_line(link), name=f"link-{nbr}-delay"))
 
-    def _connect(self, nbr: int) -> zmq.asyncio.Socket:
-        """A fresh DEALER connected to ``nbr``'s inbox (a new routing id each time)."""
+    def _connect(self, nbr: int) -> tuple[zmq.asyncio.Socket, zmq.asyncio.Socket]:
+        """A fresh DEALER connected to ``nbr``'s inbox (a new routing id each time), and its monitor,
+        made before the connect so that the connection's first event is never missed."""
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, identity(self.peer_id) + b":" + os.urandom(6).hex().encode())
         sock.setsockopt(zmq.SNDHWM, SOCKET_HWM)
@@ -136,11 +138,11 @@ class Transport:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if self._keys is not None:
             curve.secure_link(sock, self._keys, nbr)
+        monitor = sock.get_monitor_socket(_EVENTS | curve.HANDSHAKE_FAILED)
         sock.connect(topology.inbox_address(self.cfg, nbr))
-        return sock
+        return sock, monitor
 
-    def _watch(self, link: Link) -> None:
-        monitor = link.socket.get_monitor_socket(_EVENTS | curve.HANDSHAKE_FAILED)
+    def _watch(self, link: Link, monitor: zmq.asyncio.Socket) -> None:
         self._monitors.append(monitor)
         task = asyncio.create_task(self._watch_link(link, monitor), name=f"link-{link.peer}-monitor")
         self._tasks.append(task)
@@ -157,8 +159,8 @@ class Transport:
         link.lost_on_reconnect += len(link.recent)
         link.recent.clear()
         link.up = False
-        link.socket = self._connect(nbr)  # the pump's next put goes here; an await on the old one fails
-        self._watch(link)
+        link.socket, fresh = self._connect(nbr)  # the pump's next put goes here; an await on the old one fails
+        self._watch(link, fresh)
         old.close(0)
         self._monitors.remove(monitor)
         monitor.close(0)
