@@ -42,6 +42,8 @@ HEAVY = {
     "timeouts.startup_s": 60,
 }
 
+LONGER = {"train.epochs": 3}
+
 
 @pytest.fixture
 def lab(data_root):
@@ -113,11 +115,14 @@ def all_applied(results: dict[int, dict[str, Any]]) -> None:
 
 
 def test_a_50mbit_bottleneck_adapts_and_keeps_the_accuracy(lab, tmp_path):
-    free = run_swarm(lab, tmp_path / "unshaped")
+    # Three epochs, not two: after two the curve is still steep (95-96%), where the ~1 s staleness of
+    # an update behind a congested link cost 0.15-1.9 points in three runs; after three the cost was
+    # 0.55-0.75 points in three runs against two unshaped runs 0.15 apart (README, bandwidth section).
+    free = run_swarm(lab, tmp_path / "unshaped", **LONGER)
     for i in range(PEERS):
         lab.bottleneck(i, "50mbit", burst="64kb", latency="400ms")
     t0 = time.monotonic()
-    shaped = run_swarm(lab, tmp_path / "shaped")
+    shaped = run_swarm(lab, tmp_path / "shaped", **LONGER)
     shaped_s = time.monotonic() - t0
     adapted = [e for i in range(PEERS) for e in events(tmp_path / "shaped", i, "adapt")]
     # the controller first drops to cheaper values at the same density, then lowers the density
@@ -129,9 +134,7 @@ def test_a_50mbit_bottleneck_adapts_and_keeps_the_accuracy(lab, tmp_path):
     print(f"unshaped {mean_accuracy(free):.4f} {bytes_free / 1e6:.1f} MB; shaped {mean_accuracy(shaped):.4f} "
           f"{bytes_shaped / 1e6:.1f} MB in {shaped_s:.1f} s; lowest density {min(e['density'] for e in adapted):.4f}")
     assert bytes_shaped < bytes_free  # fewer bytes per update
-    # Issue 15 asks for 1 point; two unshaped runs alone differ by ~0.5 and measured gaps were
-    # +0.25, +0.15, -0.55 and -1.00, so the suite holds 1.5 until a longer run makes 1 reliable.
-    assert mean_accuracy(shaped) > mean_accuracy(free) - 0.015
+    assert mean_accuracy(shaped) > mean_accuracy(free) - 0.01  # issue 15: within 1 point
     all_applied(shaped)
 
 
