@@ -223,6 +223,27 @@ def test_a_final_flush_is_judged_by_its_rms_once_per_sender():
     assert b.admit([again], lambda u, r, d: rejected.append(u)) == [] and rejected == [again]
 
 
+def test_zero_or_tiny_updates_cannot_make_the_bound_refuse_everybody():
+    """A neighbour's all-zero update is applied but never becomes a reference (one once set the
+    swarm's reference to 0, and every honest update after it was held, then refused), and tiny
+    ones cannot pull the reference under 1 / SWARM_CEILING of our own recent norm."""
+    from gossip.aggregation.bound import SWARM_CEILING
+
+    for poison in (0.0, 1e-30):
+        b, rejected = bound(factor=SWARM_CEILING), []
+        note = rejected.append
+        b.observe_own(bounded_update(0, 1.0))
+        for seq in range(20):
+            b.admit([bounded_update(3, poison, seq)], lambda u, r, d, note=note: note(u.node_id))
+        kept = b.admit([bounded_update(1, 0.9, 0), bounded_update(2, 0.5, 0)],
+                       lambda u, r, d, note=note: note(u.node_id))
+        assert [u.node_id for u in kept] == [1, 2] and 1 not in rejected and 2 not in rejected, poison
+        assert b.admit([bounded_update(1, 100.0, 1)], lambda u, r, d: None) == []  # still a bound
+    b = bound()
+    b.observe_own(bounded_update(0, 0.0))  # our own zero update is no reference either
+    assert b.norms == {}
+
+
 def test_norm_bound_state_round_trips_exactly(tmp_path):
     b = bound()
     b.bind(torch.zeros(NUMEL))

@@ -16,6 +16,13 @@ learning-rate warm-up). A rejected update is remembered at the limit it broke, s
 sender whose norms grew faster than that catches up within a few updates instead of being
 refused for good (an insider climbs the same way, but stays under the swarm's reference).
 
+Poisoning from below is refused too: an update of norm zero adds nothing and is accepted
+without being recorded (one harmless all-zero update once made the swarm's reference 0, and
+every honest update after it was held, then refused: a victim that trained alone, measured in
+``tests/test_hostile.py``), and once we have sent updates of our own the reference never falls
+under ``1 / SWARM_CEILING`` of our own recent norm, so a neighbour sending tiny updates cannot
+make the bound refuse everybody else's.
+
 Before a sender has a history it is judged by the swarm's alone, whose first entries are our
 own updates' norms (:meth:`NormBound.observe_own`). Before anything is known (no update sent,
 none accepted) the reference is our live error-feedback residual's norm (a neighbour's update
@@ -102,14 +109,17 @@ class NormBound:
 
     def observe_own(self, u: DecodedUpdate) -> None:
         """One of our own sent updates (as the neighbours decode it): the first reference of all."""
-        if not u.final and u.values.numel() > 0:
-            self._record(OWN, *self._size(u))
+        norm, rms = self._size(u) if u.values.numel() > 0 else (0.0, 0.0)
+        if not u.final and norm > 0.0:
+            self._record(OWN, norm, rms)
 
     def _judge(self, u: DecodedUpdate) -> bool | None:
         """True: accept (and record), False: reject, None: nothing to judge it by yet."""
         if u.values.numel() == 0:
             return True  # an empty update (a seq fill) adds nothing
         norm, rms = self._size(u)
+        if norm == 0.0:
+            return True  # all zeros: adds nothing, and must not become anybody's reference
         by_rms = u.final and u.node_id not in self.finals
         value, ref = (rms, self._reference(self.rms, u.node_id)) if by_rms else \
             (norm, self._reference(self.norms, u.node_id))
@@ -147,7 +157,8 @@ class NormBound:
 
     def _reference(self, histories: dict[int, deque[float]], sender: int) -> float | None:
         """The swarm's upper median of recent norms; once the sender is warmed up, the larger of that
-        and its own recent norm, but never above ``SWARM_CEILING x`` the swarm's. None: no history.
+        and its own recent norm, but never above ``SWARM_CEILING x`` the swarm's; never under
+        ``1 / SWARM_CEILING`` of our own recent norm. None: no history.
 
         The larger, not the smaller: an honest peer ahead of the others in its learning-rate warm-up
         (it started earlier) sends updates many times the swarm's median while they grow smoothly
@@ -159,6 +170,9 @@ class NormBound:
         if not recent:
             return None
         swarm = statistics.median_high(recent) if len(recent) >= 3 else min(recent)
+        ours = histories.get(OWN)
+        if ours:  # a floor that no neighbour's tiny updates can lower
+            swarm = max(swarm, max(ours) / SWARM_CEILING)
         own = histories.get(sender)
         if own is not None and self.seen.get(sender, 0) >= WARMUP:
             return min(max(swarm, max(own)), SWARM_CEILING * swarm)

@@ -124,15 +124,15 @@ class Dispatcher:
         msg, env = wire.unpack_envelope(frames[0], self.limits)
         if sender is None or sender not in self.neighbours:
             raise ProtocolError("unknown_sender", f"identity is not a configured neighbour of {self.peer_id}")
-        now = self.clock()
-        if self.ledger.heard(sender, now):
-            log.info("peer_up", peer=sender)
-        self.heard.add(sender)
         if env.from_id != sender:  # every envelope names who put it on the link: the key's owner
             raise ProtocolError("spoofed_node_id", f"neighbour {sender} sent from_id {env.from_id}")
         if isinstance(msg, (wire.Heartbeat, wire.Hello, wire.Snapshot)) and msg.node_id != sender:
             raise ProtocolError("spoofed_node_id", f"neighbour {sender} sent a {type(msg).__name__} "
                                 f"of {msg.node_id}")
+        now = self.clock()  # alive: only a well-formed frame that names its sender truly counts
+        if self.ledger.heard(sender, now):
+            log.info("peer_up", peer=sender)
+        self.heard.add(sender)
         if isinstance(msg, wire.DecodedUpdate):
             self._on_update(sender, msg, env, now)
         elif isinstance(msg, wire.Snapshot):  # a teacher (codistill): the training thread judges it
