@@ -198,7 +198,7 @@ def test_a_sender_ahead_of_the_swarm_is_judged_by_its_own_norms_within_a_ceiling
     ceiling = 8.0 * SWARM_CEILING * 10.0
     assert b.admit([bounded_update(3, ceiling * 0.95, WARMUP + 1)], lambda u, r, d: None)
     assert b.admit([bounded_update(3, ceiling * 1.1, WARMUP + 2)], lambda u, r, d: None) == []
-    assert b.stats["norm_bound"] == 1
+    assert b.stats["norm_deferred"] == 1 and b.settle(lambda u, r, d: None) == [] and b.stats["norm_bound"] == 1
 
 
 def test_norm_bound_holds_what_it_cannot_judge_yet_and_never_applies_it_unjudged():
@@ -244,6 +244,31 @@ def test_zero_or_tiny_updates_cannot_make_the_bound_refuse_everybody():
     assert b.norms == {}
 
 
+def test_an_update_a_little_over_its_limit_waits_and_is_applied_once_within_it():
+    """A neighbour ahead of us in its warm-up: its update is over the limit our own tiny norms set,
+    is deferred (not refused: every other peer applied it), and applied once our norms have grown;
+    one still over at the end, or far over, is refused."""
+    from gossip.aggregation.bound import DEFER_SPAN, DEFER_TRIES
+
+    b, rejected = bound(factor=8.0), []
+    note = rejected.append
+    b.observe_own(bounded_update(0, 0.01))
+    far = bounded_update(2, 0.08 * DEFER_SPAN * 2, 0)  # over the limit (0.08) by more than DEFER_SPAN
+    assert b.admit([bounded_update(1, 0.3, 0), far], lambda u, r, d, note=note: note(u.node_id)) == []
+    assert rejected == [2] and b.stats["norm_deferred"] == 1
+    for _ in range(3):
+        b.observe_own(bounded_update(0, 0.5))  # our warm-up: the limit is 8 x 0.5 now
+    kept = b.admit([], lambda u, r, d, note=note: note(u.node_id))
+    assert [(u.node_id, u.seq) for u in kept] == [(1, 0)] and b.deferred == []
+    assert b.stats["norm_deferred_applied"] == 1 and rejected == [2]
+    b.admit([bounded_update(3, 100.0, 0)], lambda u, r, d, note=note: note(u.node_id))  # 25x over: waits
+    assert b.settle(lambda u, r, d, note=note: note(u.node_id)) == [] and rejected == [2, 3]
+    b.admit([bounded_update(3, 100.0, 1)], lambda u, r, d, note=note: note(u.node_id))
+    for _ in range(DEFER_TRIES):  # or after its tries
+        b.admit([], lambda u, r, d, note=note: note(u.node_id))
+    assert rejected == [2, 3, 3] and b.deferred == []
+
+
 def test_norm_bound_state_round_trips_exactly(tmp_path):
     b = bound()
     b.bind(torch.zeros(NUMEL))
@@ -257,6 +282,7 @@ def test_norm_bound_state_round_trips_exactly(tmp_path):
     c.load_state_dict(torch.load(path, weights_only=True))
     assert c.state_dict().keys() == b.state_dict().keys() and c.stats == b.stats and c.peak == b.peak
     assert c.norms == b.norms and c.rms == b.rms and [u.seq for u in c.held] == [u.seq for u in b.held]
+    assert [(u.seq, t) for u, t in c.deferred] == [(u.seq, t) for u, t in b.deferred] and b.deferred
     probe = [bounded_update(1, 30.0, 9), bounded_update(2, 3.0, 9), bounded_update(3, 5.0, 9)]
     assert [u.node_id for u in c.admit(probe, lambda u, r, d: None)] == \
         [u.node_id for u in b.admit(probe, lambda u, r, d: None)]

@@ -202,7 +202,10 @@ class Worker:
         if self.codistill is not None:
             self.codistill.offer([s for s in items if isinstance(s, wire.Snapshot)])
         updates = [u for u in items if isinstance(u, wire.DecodedUpdate) and self._first_fold(u)]
-        updates = self.bound.admit(updates, self._count_rejected)
+        self._fold(self.bound.admit(updates, self._count_rejected))
+        return finished
+
+    def _fold(self, updates: list[wire.DecodedUpdate]) -> None:
         by = self.progress.applied_by_origin
         for update in updates:
             by[update.node_id] = by.get(update.node_id, 0) + 1
@@ -213,7 +216,6 @@ class Worker:
         for update in rejected:
             self._count_rejected(update)
         self.progress.updates_applied += len(updates) - len(rejected)
-        return finished
 
     def _first_fold(self, update: wire.DecodedUpdate) -> bool:
         """Second line of defence after the node's ledger: an (origin, seq) is folded in at most once."""
@@ -327,6 +329,7 @@ class Worker:
                     break
         with self.state_lock:
             self.take(self.bridge.drain())  # anything that raced the FINISHED marker
+            self._fold(self.bound.settle(self._count_rejected))  # updates the bound deferred
         with torch.no_grad():  # a windowed policy may still hold updates
             self.policy.flush(self.trainer.flat, weight=self.mix)
         if self.policy.stats:  # what a robust policy dropped or limited
