@@ -72,6 +72,17 @@ def test_shipped_configs_are_valid():
         assert plan.plan(cfg, s)
 
 
+def test_every_compare_config_ships_one_swarm_recipe():
+    """Issue 11: no per-data-set knob. The swarm's communication and codec settings are the same in
+    every compare config; only the data set, model and training schedule differ."""
+    cfgs = {n: experiment.load(ROOT / "configs" / f"{n}.yaml")
+            for n in ("compare_mnist", "compare_cifar10_cpu", "compare_cifar10_gpu")}
+    recipes = {n: (c.communication, c.codec) for n, c in cfgs.items()}
+    assert len(set(recipes.values())) == 1, recipes
+    comm = cfgs["compare_mnist"].communication
+    assert comm.global_batch and comm.lr_rule == "none"  # the swarm solves the centralized problem
+
+
 @pytest.mark.slow
 def test_tiny_experiment_end_to_end_and_resume(tmp_path, capsys, data_root):
     base = free_port_block(8)  # one block: two separate blocks may overlap
