@@ -2,8 +2,8 @@
 
 Runs ``python -m gossip.launch`` once per (peer count, topology), one after the other, with the
 config's settings (``configs/compare_mnist.yaml`` by default: ``mnist_tiny``, 2 epochs, full MNIST
-split over the peers) but the per-peer-batch recipe (``SPARSE_RECIPE``), and prints per run: mean / min peer accuracy, MB per epoch of the
-whole swarm and per peer, the topology's degree, and the wall time. At a fixed degree a peer sends
+split over the peers) but the per-peer-batch recipe (``SPARSE_RECIPE``), and prints per run: mean /
+min peer accuracy, MB per epoch of the whole swarm and per peer, the topology's degree, and the wall time. At a fixed degree a peer sends
 to the same number of neighbours whatever N, so its MB per epoch should stay roughly flat as the
 swarm grows (each peer's shard shrinks, so it takes fewer steps: slightly less, not more).
 
