@@ -87,6 +87,12 @@ class CommunicationConfig:
     # BatchNorm running mean/var stay per peer while the weights are averaged: re-estimate them for
     # the final weights on this many local batches before the final evaluation (0: off)
     bn_recalibrate_batches: int = field(default=0, metadata=_range(0))
+    # An outer optimizer on the consensus movement (gossip.training.outer): "nesterov" passes every
+    # fold through Nesterov momentum (DiLoCo's outer step, lr 0.7 and momentum 0.9 there); "none"
+    # adds the averaged deltas as they are. outer_lr is dimensionless (1 = the deltas' own size).
+    outer: Literal["none", "nesterov"] = "none"
+    outer_lr: float = field(default=0.7, metadata=_range(0.0, lo_open=True))
+    outer_momentum: float = field(default=0.9, metadata=_range(0.0, 0.99))
     # "local": a peer keeps its own full steps, so its model is the swarm's average plus its own
     # unsent residual (local SGD with compressed averaging). "exact": a peer's model moves only by
     # compressed updates, so every model is the same up to in-flight messages (DGC-style); it

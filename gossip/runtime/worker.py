@@ -57,6 +57,7 @@ from gossip.runtime.progress import Progress
 from gossip.runtime.trigger import FINAL, Trigger
 from gossip.sim import attacks
 from gossip.training.data import Dataset, Split
+from gossip.training.outer import make_outer
 from gossip.training.partition import partition, share_of_down
 from gossip.training.trainer import Trainer
 
@@ -119,6 +120,9 @@ class Worker:
         self._prev = torch.empty_like(trainer.flat)
         self._delta = torch.empty_like(trainer.flat)
         self.codistill = Codistill(self) if cfg.communication.mode == "codistill" else None
+        comm = cfg.communication
+        self.outer = make_outer(comm.outer, layout.numel, trainer.flat.device, lr=comm.outer_lr,
+                                momentum=comm.outer_momentum)
 
     # ------------------------------------------------------------ the thread body
     def run(self) -> dict[str, Any]:
@@ -212,7 +216,12 @@ class Worker:
         local = Local(step=self.progress.global_step, confidence=self.progress.confidence)
         rejected: list[wire.DecodedUpdate] = []
         with torch.no_grad():  # a windowed policy may buffer them, or close a window now
-            self.policy.fold(self.trainer.flat, updates, local, weight=self.mix, reject=rejected.append)
+            if self.outer is None:
+                self.policy.fold(self.trainer.flat, updates, local, weight=self.mix, reject=rejected.append)
+            else:
+                with self.outer.track(self.trainer.flat):
+                    self.policy.fold(self.trainer.flat, updates, local, weight=self.mix, reject=rejected.append)
+                self.outer.step(self.trainer.flat)
         for update in rejected:
             self._count_rejected(update)
         self.progress.updates_applied += len(updates) - len(rejected)
@@ -297,6 +306,8 @@ class Worker:
                                           indices=sent.indices, values=sent.values, wire_bytes=len(data),
                                           from_id=self.peer_id)
                 apply(self.trainer.flat, mine, self.own_weight)
+                if self.outer is not None:  # the consensus part of it: what every neighbour adds
+                    self.outer.add(sent.indices, sent.values, self.mix)
                 self.policy.observe_own(mine, self.trainer.flat.numel())  # clip keeps our final flush
                 self.bound.observe_own(mine)
         self.bridge.to_loop(Outgoing(self.seq, data, reason))

@@ -28,6 +28,7 @@ def save(w: Worker, epoch: int, step: int) -> dict[str, Any]:
         "attack": w.attack.state_dict() if w.attack is not None else {},
         "progress": w.progress.state_dict(),
         "codistill": w.codistill.state_dict() if w.codistill is not None else {},
+        "outer": w.outer.state_dict() if w.outer is not None else {},
     }
 
 
@@ -54,6 +55,8 @@ def load(w: Worker, state: dict[str, Any]) -> tuple[int, int]:
             w.attack.load_state_dict(state["attack"])
         if state.get("codistill") and w.codistill is not None:
             w.codistill.load_state_dict(state["codistill"])
+        if state.get("outer") and w.outer is not None:
+            w.outer.load_state_dict(state["outer"])
         pos, p = state["position"], w.progress
         p.load_state_dict(state["progress"])
         p.global_step, p.epoch, p.step = int(pos["global_step"]), int(pos["epoch"]), int(pos["step"])
