@@ -67,6 +67,13 @@ def test_every_subcommand_module_has_a_main():
         assert callable(importlib.import_module(module).main)
 
 
+def test_scale_bench_gives_every_peer_the_same_local_steps_whatever_n():
+    from gossip.experiments.bench_scale import SCALE_RECIPE, epochs_for
+
+    assert [epochs_for(2, n) for n in (4, 8, 16, 32)] == [1, 2, 4, 8]
+    assert "communication.peer_batch=16" in SCALE_RECIPE  # the 4-peer swarm's per-peer batch, fixed
+
+
 @pytest.mark.slow
 def test_scale_bench_quick_runs_8_peers_on_a_ring_and_a_torus(capsys, data_root, tmp_path):
     base = free_port_block(40)
@@ -77,5 +84,5 @@ def test_scale_bench_quick_runs_8_peers_on_a_ring_and_a_torus(capsys, data_root,
     assert set(rows) == {"ring", "torus"} and all(r["peers"] == 8 for r in rows.values())
     assert rows["ring"]["degree"] == 2 and rows["torus"]["degree"] == 3  # a 2 x 4 torus: up and down are one peer
     assert rows["torus"]["mb_per_epoch"] > rows["ring"]["mb_per_epoch"] > 0  # more neighbours, more bytes
-    assert all(r["accuracy_mean"] > 0.3 for r in rows.values())  # 1 epoch, 1,000 samples per peer: 59-78% seen
+    assert all(r["accuracy_mean"] > 0.3 for r in rows.values())  # 1 epoch, 1,000 samples per peer
     assert code == 0 and figures["checks"] == {"ring_bytes_flat": True, "torus_bytes_flat": True}

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gossip import config
+from gossip.errors import ConfigError
 from gossip.runtime import factory
 from gossip.runtime.testing import MemoryBridge
 from gossip.training.data import Dataset, Split
@@ -78,3 +79,12 @@ def test_bn_recalibration_replaces_the_running_statistics_with_the_final_weights
     tr.recalibrate_bn(4)
     assert torch.allclose(bn.running_mean, before)  # the same batches: the same estimate
     assert tr.recalibrate_bn(0) == 0
+
+
+def test_a_fixed_peer_batch_scales_the_learning_rate_with_the_swarm():
+    for peers, factor in ((4, 1.0), (16, 2.0)):
+        step = swarm_step(cfg(f"peers={peers}", "communication.peer_batch=16", "communication.lr_rule=sqrt"))
+        assert (step.batch_size, step.effective_batch) == (16, 16 * peers)
+        assert math.isclose(step.lr_factor, factor)
+    with pytest.raises(ConfigError, match="peer_batch"):
+        cfg("communication.peer_batch=16", "communication.global_batch=true")

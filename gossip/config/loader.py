@@ -251,6 +251,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"topology.edges: edge ({a}, {b}) is not between two of {cfg.peers} peers")
     if cfg.topology.kind == "edges" and not cfg.topology.edges:
         raise ConfigError("topology.edges: kind 'edges' needs a non-empty edge list")
+    if cfg.communication.peer_batch and cfg.communication.global_batch:
+        raise ConfigError("communication.peer_batch: set it or communication.global_batch, not both "
+                          "(both say what a peer's batch is)")
     for a in cfg.security.attackers:
         if not 0 <= a < cfg.peers:
             raise ConfigError(f"security.attackers: {a} is not a peer id (0..{cfg.peers - 1})")

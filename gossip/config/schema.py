@@ -80,6 +80,10 @@ class CommunicationConfig:
     # batch, each peer steps on batch_size / peers (so a swarm epoch takes as many steps as a
     # centralized one, and averaging N peers' deltas is one step of the global batch).
     global_batch: bool = False
+    # Or a fixed per-peer batch (samples per local step; 0: from the two keys above). The swarm's
+    # effective batch then grows with the peers (peers x peer_batch), and lr_rule scales the
+    # learning rate by its ratio to train.batch_size: a recipe that holds from 4 to 16 peers.
+    peer_batch: int = field(default=0, metadata=_range(0))
     # The learning rate for the swarm's effective batch (peers x per-peer batch) against
     # train.batch_size: "linear" (Goyal et al.) multiplies train.lr by that ratio, "sqrt" by its
     # square root, "none" leaves it; the schedule's warm-up applies either way. Multiplies lr_scale.

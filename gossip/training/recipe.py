@@ -10,6 +10,9 @@ problem, both in ``communication:``:
 * ``lr_rule: linear | sqrt``: keep the per-peer batch, and scale the learning rate by the ratio of
   effective to centralized batch (linear, Goyal et al. 2017) or its square root (Hoffer et al. 2017;
   gentler for compressed, delayed averaging). ``lr_scale`` multiplies on top (a hand-tuned factor).
+  ``peer_batch: B`` fixes the per-peer batch instead of ``train.batch_size``: with ``lr_rule:
+  sqrt`` and ``train.batch_size`` the centralized batch, the step follows the swarm's size
+  (``python -m gossip.bench scale`` runs 8 and 16 peers so).
 
 Centralized runs (``peers == 1`` or the baseline) are unchanged, and so are codistilling peers
 (``communication.mode: codistill``): each trains a model of its own, nothing is averaged, so
@@ -37,7 +40,10 @@ def swarm_step(cfg: Config) -> SwarmStep:
         return SwarmStep(batch, comm.lr_scale, batch)
     if comm.mode == "codistill":
         return SwarmStep(batch, 1.0, batch)
-    per_peer = max(1, round(batch / n)) if comm.global_batch else batch
+    if comm.peer_batch:
+        per_peer = comm.peer_batch
+    else:
+        per_peer = max(1, round(batch / n)) if comm.global_batch else batch
     ratio = n * per_peer / batch
     rule = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[comm.lr_rule]
     return SwarmStep(per_peer, comm.lr_scale * rule, n * per_peer)
