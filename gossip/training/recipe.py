@@ -40,10 +40,7 @@ def swarm_step(cfg: Config) -> SwarmStep:
         return SwarmStep(batch, comm.lr_scale, batch)
     if comm.mode == "codistill":
         return SwarmStep(batch, 1.0, batch)
-    if comm.peer_batch:
-        per_peer = comm.peer_batch
-    else:
-        per_peer = max(1, round(batch / n)) if comm.global_batch else batch
+    per_peer = comm.peer_batch or (max(1, round(batch / n)) if comm.global_batch else batch)
     ratio = n * per_peer / batch
     rule = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[comm.lr_rule]
     return SwarmStep(per_peer, comm.lr_scale * rule, n * per_peer)
