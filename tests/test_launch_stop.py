@@ -31,10 +31,11 @@ def _start(code: str) -> subprocess.Popen[bytes]:
 def test_a_graceful_process_stops_on_sigint_and_a_stubborn_one_is_killed() -> None:
     polite, stubborn = _start(POLITE), _start(STUBBORN)
     t0 = time.monotonic()
-    launch._stop({"peer-0": polite, "peer-1": stubborn}, launch._StopSignals(), 1.0)
+    # 3 s of grace: a clean-clone CI run (session 9) saw the polite one still running after 1 s
+    launch._stop({"peer-0": polite, "peer-1": stubborn}, launch._StopSignals(), 3.0)
     assert polite.returncode == 7  # it got SIGINT and exited its own way
     assert stubborn.returncode == -9  # killed after the grace period
-    assert 0.9 < time.monotonic() - t0 < 10
+    assert 2.9 < time.monotonic() - t0 < 15
 
 
 def test_a_second_signal_cuts_the_grace_short() -> None:
