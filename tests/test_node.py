@@ -212,57 +212,6 @@ def test_a_neighbour_still_meeting_is_not_ahead_of_us():
     assert p.greeted == [1, 1, 2]  # each Hello is answered with our own step (a heartbeat)
 
 
-def test_a_late_joiner_decides_on_the_answers_to_its_hello_not_on_queued_messages():
-    """ZeroMQ delivers what a neighbour queued for us before we listened (its start's Hellos at
-    step 0, old beats) first: deciding on those, a late joiner took itself for on time and trained
-    alone. It decides on the heartbeat that answers its Hello."""
-    p = Parts()
-    hello = dict(node_id=1, schema_hash=HASH, config_hash="ours", address="tcp://x:1", epochs=3)
-    for nbr in (1, 2):  # queued since their start: step 0, then an old beat
-        p.handle(nbr, wire.pack_hello(step=0, **{**hello, "node_id": nbr}))
-        p.handle(nbr, wire.pack_heartbeat(node_id=nbr, step=3, epoch=0))
-    assert pick_source(0, p.dispatcher.neighbour_step, p.dispatcher.heard, 10, resume=False) is None
-    w = fake_worker()
-    bridge = SimpleNamespace(stop=threading.Event(), drain=list)
-
-    async def answers_come() -> None:
-        await asyncio.sleep(0.2)
-        p.handle(1, wire.pack_heartbeat(node_id=1, step=25, epoch=2, answers_hello=True))
-        p.handle(2, wire.pack_heartbeat(node_id=2, step=24, epoch=2, answers_hello=True))
-
-    async def main() -> None:
-        await asyncio.gather(answers_come(), p.catchup.run(
-            w, bridge, p.dispatcher.neighbour_step, p.dispatcher.heard, resume=False, timeout_s=0.2,
-            answered=p.dispatcher.answered_step))
-
-    asyncio.run(main())
-    asked = [wire.unpack(data, LIMITS) for nbr, data in p.link.sent if nbr == 1]
-    assert any(isinstance(m, wire.StateRequest) for m in asked), asked  # the most advanced, by its answer
-    assert p.dispatcher.answered_step == {1: 25, 2: 24}
-
-
-def test_an_answer_lost_on_the_way_is_asked_for_again():
-    """On a lossy link the heartbeat answering our Hello may be lost: we say Hello again rather
-    than wait until the others really are an epoch ahead (then we would load a state we do not need)."""
-    p = Parts()
-    hello = dict(schema_hash=HASH, config_hash="ours", address="tcp://x:1", epochs=3)
-    for nbr in (1, 2):
-        p.handle(nbr, wire.pack_hello(node_id=nbr, step=0, **hello))
-    p.handle(1, wire.pack_heartbeat(node_id=1, step=0, epoch=0, answers_hello=True))
-    said: list[int] = []
-
-    def again(nbr: int) -> None:  # peer 2 answers the second Hello, at step 2
-        said.append(nbr)
-        p.handle(nbr, wire.pack_heartbeat(node_id=nbr, step=2, epoch=0, answers_hello=True))
-
-    t0 = time.monotonic()
-    asyncio.run(p.catchup.run(fake_worker(), SimpleNamespace(stop=threading.Event(), drain=list),
-                              p.dispatcher.neighbour_step, p.dispatcher.heard, resume=False, timeout_s=0.2,
-                              answered=p.dispatcher.answered_step, hello=again))
-    assert said == [2] and time.monotonic() - t0 < 1.0  # not the whole PROGRESS_WAIT_S
-    assert not any(isinstance(wire.unpack(d, LIMITS), wire.StateRequest) for _, d in p.link.sent)
-
-
 def fake_worker(numel: int = NUMEL, steps_per_epoch: int = 10) -> SimpleNamespace:
     trainer = SimpleNamespace(flat=torch.zeros(numel), steps_per_epoch=steps_per_epoch, step_count=0)
     return SimpleNamespace(trainer=trainer, feedback=SimpleNamespace(residual=torch.ones(numel)),

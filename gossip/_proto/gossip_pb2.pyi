@@ -436,7 +436,6 @@ class Heartbeat(google.protobuf.message.Message):
     STEP_FIELD_NUMBER: builtins.int
     EPOCH_FIELD_NUMBER: builtins.int
     HEARD_FROM_YOU_FIELD_NUMBER: builtins.int
-    ANSWERS_HELLO_FIELD_NUMBER: builtins.int
     node_id: builtins.int
     """sender's node id"""
     step: builtins.int
@@ -445,11 +444,6 @@ class Heartbeat(google.protobuf.message.Message):
     """sender's epoch (0-based)"""
     heard_from_you: builtins.int
     """bytes the sender has received from the receiver so far: each neighbour gets"""
-    answers_hello: builtins.bool
-    """its own heartbeat, and a count that stops moving tells the receiver that its
-    link to the sender carries nothing (gossip.runtime.linkwatch)
-    sent at once in answer to the receiver's Hello, so its step is fresh: a peer
-    """
     def __init__(
         self,
         *,
@@ -457,9 +451,8 @@ class Heartbeat(google.protobuf.message.Message):
         step: builtins.int = ...,
         epoch: builtins.int = ...,
         heard_from_you: builtins.int = ...,
-        answers_hello: builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["answers_hello", b"answers_hello", "epoch", b"epoch", "heard_from_you", b"heard_from_you", "node_id", b"node_id", "step", b"step"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["epoch", b"epoch", "heard_from_you", b"heard_from_you", "node_id", b"node_id", "step", b"step"]) -> None: ...
 
 global___Heartbeat = Heartbeat
 

@@ -84,7 +84,6 @@ class Heartbeat:
     step: int
     epoch: int
     heard_from_you: int = 0
-    answers_hello: bool = False  # its step is fresh (see proto): a starting peer decides on it
 
 
 @dataclass(frozen=True)
@@ -162,11 +161,9 @@ def pack_hello(*, node_id: int, schema_hash: int, config_hash: str, address: str
     return env.SerializeToString()
 
 
-def pack_heartbeat(*, node_id: int, step: int, epoch: int, heard_from_you: int = 0,
-                   answers_hello: bool = False) -> bytes:
+def pack_heartbeat(*, node_id: int, step: int, epoch: int, heard_from_you: int = 0) -> bytes:
     env = _envelope(node_id)
-    env.heartbeat.CopyFrom(pb.Heartbeat(node_id=node_id, step=step, epoch=epoch, heard_from_you=heard_from_you,
-                                        answers_hello=answers_hello))
+    env.heartbeat.CopyFrom(pb.Heartbeat(node_id=node_id, step=step, epoch=epoch, heard_from_you=heard_from_you))
     return env.SerializeToString()
 
 
@@ -319,8 +316,7 @@ def _body(env: pb.Envelope, limits: Limits, size: int) -> Message:
     if kind == "heartbeat":
         return Heartbeat(node_id=_node(env.heartbeat.node_id, limits, "node_id"),
                          step=int(env.heartbeat.step), epoch=int(env.heartbeat.epoch),
-                         heard_from_you=int(env.heartbeat.heard_from_you),
-                         answers_hello=bool(env.heartbeat.answers_hello))
+                         heard_from_you=int(env.heartbeat.heard_from_you))
     if kind == "done":
         if env.done.last_seq < -1:
             reject("bad_field", f"done last_seq {env.done.last_seq}")

@@ -41,7 +41,6 @@ log = get_logger(__name__)
 # is itself starting says its step in its Hello (no wait); one that is training answers our Hello
 # with a heartbeat once its reconnect to us (up to 1 s) is through, and beats every second anyway.
 PROGRESS_WAIT_S = 3.0
-HELLO_AGAIN_S = 0.2  # our Hello again to a neighbour that has not answered it (lossy links)
 POLL_S = 0.02
 
 
@@ -87,31 +86,13 @@ class CatchUp:
 
     # ------------------------------------------------------------ the flow
     async def run(self, worker: Worker, bridge: Any, neighbour_step: dict[int, int], heard: set[int], *,
-                  resume: bool, timeout_s: float, answered: dict[int, int] | None = None,
-                  hello: Callable[[int], object] | None = None) -> None:
-        """Catch up if we are far behind (see the module docstring); gives up after ``timeout_s``.
-
-        Decides on the steps in the heartbeats that answer our Hello (``answered``): what came
-        first may have waited in ZeroMQ's queue since before we listened (a neighbour's Hellos of
-        its own start, step 0, or old beats) and would make a late joiner think it is on time.
-        An answer lost on a lossy link must not make us wait until the others really are an epoch
-        ahead, so the Hello is said again (``hello``) every HELLO_AGAIN_S to whoever has not
-        answered. After PROGRESS_WAIT_S it decides on what it has.
-        """
-        fresh = neighbour_step if answered is None else answered
-        now = time.monotonic()
-        deadline, again = now + PROGRESS_WAIT_S, now + HELLO_AGAIN_S
-        while heard - set(fresh) and time.monotonic() < deadline:
-            await asyncio.sleep(POLL_S)
-            if hello is not None and time.monotonic() >= again:
-                again = time.monotonic() + HELLO_AGAIN_S
-                for nbr in sorted(heard - set(fresh)):
-                    hello(nbr)
-        steps = {p: max(s, fresh.get(p, s)) for p, s in neighbour_step.items()}
+                  resume: bool, timeout_s: float) -> None:
+        """Catch up if we are far behind (see the module docstring); gives up after ``timeout_s``."""
+        deadline = time.monotonic() + PROGRESS_WAIT_S
+        while heard - set(neighbour_step) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         own = worker.progress.global_step
-        source = pick_source(own, steps, heard, worker.trainer.steps_per_epoch, resume=resume)
-        log.info("catch_up_check", own_step=own, source=source,
-                 neighbour_step={str(p): s for p, s in steps.items()}, fresh=sorted(set(fresh) & heard))
+        source = pick_source(own, neighbour_step, heard, worker.trainer.steps_per_epoch, resume=resume)
         if source is None:
             return
         log.info("catch_up_start", source=source, their_step=neighbour_step[source], own_step=own)

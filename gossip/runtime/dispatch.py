@@ -81,7 +81,6 @@ class Dispatcher:
         self.clock = clock
         self.heard: set[int] = set()  # neighbours that have said anything valid
         self.neighbour_step: dict[int, int] = {}  # global step from each neighbour's heartbeats
-        self.answered_step: dict[int, int] = {}   # ... from those answering our Hello: fresh, never queued
         sec = SecurityConfig() if security is None else security
         self.rates = RateLimiter(sec.rate_scale, clock)
         counters.log.interval_s = sec.reject_log_interval_s
@@ -140,8 +139,6 @@ class Dispatcher:
             self.deliver(msg)
         elif isinstance(msg, wire.Heartbeat):
             self.neighbour_step[sender] = msg.step
-            if msg.answers_hello:
-                self.answered_step[sender] = msg.step
             if self.on_heartbeat is not None:
                 self.on_heartbeat(sender, msg.heard_from_you)
         elif isinstance(msg, wire.StateRequest):

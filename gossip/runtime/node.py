@@ -110,8 +110,6 @@ class Peer:
             await self._meet_neighbours()
             self.states.thread_starts()  # state requests now queue for the thread (catchup)
             await self.catchup.run(worker, self.bridge, self.dispatcher.neighbour_step, self.dispatcher.heard,
-                                   answered=self.dispatcher.answered_step,
-                                   hello=lambda nbr: self.transport.send(nbr, self._hello()),
                                    resume=self.resume, timeout_s=max(5.0, 2 * self.cfg.timeouts.silence_s))
             train = asyncio.create_task(asyncio.to_thread(self._guarded_run), name="train")
             tasks.append(train)
@@ -282,17 +280,14 @@ class Peer:
 
     def beat(self) -> None:
         for nbr in self.neighbours:  # one each: it says what we heard from that neighbour
-            self._heartbeat(nbr, answers_hello=False)
+            self.greet(nbr)
 
     def greet(self, nbr: int) -> None:
-        """Answer ``nbr``'s Hello with a heartbeat now: a starting peer decides on its step."""
-        self._heartbeat(nbr, answers_hello=True)
-
-    def _heartbeat(self, nbr: int, *, answers_hello: bool) -> None:
+        """A heartbeat to ``nbr`` now; also the answer to its Hello (a late joiner decides on it)."""
         p = self.worker.progress  # plain attributes the thread writes: no lock
         heard = getattr(self.transport, "heard_from", lambda n: 0)(nbr)
         self.transport.send(nbr, wire.pack_heartbeat(node_id=self.peer_id, step=p.global_step, epoch=p.epoch,
-                                                     heard_from_you=heard, answers_hello=answers_hello))
+                                                     heard_from_you=heard))
 
     def _link_report(self, nbr: int, heard_from_you: int) -> None:
         if self.link_watch is not None:
