@@ -23,6 +23,7 @@ This module touches no socket: everything crosses :class:`gossip.runtime.bridge.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -216,11 +217,9 @@ class Worker:
         local = Local(step=self.progress.global_step, confidence=self.progress.confidence)
         rejected: list[wire.DecodedUpdate] = []
         with torch.no_grad():  # a windowed policy may buffer them, or close a window now
-            if self.outer is None:
+            with self.outer.track(self.trainer.flat) if self.outer is not None else contextlib.nullcontext():
                 self.policy.fold(self.trainer.flat, updates, local, weight=self.mix, reject=rejected.append)
-            else:
-                with self.outer.track(self.trainer.flat):
-                    self.policy.fold(self.trainer.flat, updates, local, weight=self.mix, reject=rejected.append)
+            if self.outer is not None:
                 self.outer.step(self.trainer.flat)
         for update in rejected:
             self._count_rejected(update)

@@ -72,6 +72,9 @@ class OuterOptimizer:
         return {"buf": self.buf.cpu().clone(), "pending": self.pending.cpu().clone(), "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("buf", "pending"):  # a checkpoint of another model: a one-line error, not a traceback
+            if not isinstance(state[key], torch.Tensor) or state[key].shape != self.buf.shape:
+                raise ValueError(f"outer optimizer state {key!r} does not fit this model")
         self.buf.copy_(state["buf"])
         self.pending.copy_(state["pending"])
         self.steps = int(state["steps"])
