@@ -197,19 +197,62 @@ def test_pick_source_wants_a_full_epoch_or_a_quarter_after_a_resume():
     assert pick_source(0, steps, {2}, 100, resume=False) is None  # only heard neighbours count
 
 
-def test_a_neighbour_still_meeting_is_not_ahead_of_us():
-    """Its Hello says where it starts: peers that start together never take one another for a
-    late joiner's source, however fast the first epoch goes before the first heartbeat."""
+def test_a_late_joiner_is_judged_on_the_step_a_neighbour_met_it_at():
+    """Peers that met at the start are never a late joiner's source, however far one has run since
+    (a lost answer on a 0.3-s epoch); a stale Hello (step 0, queued before we listened) does not
+    hide a neighbour that was an epoch along when it met us."""
     p = Parts()
     hello = dict(node_id=1, schema_hash=HASH, config_hash="ours", address="tcp://x:1", epochs=1)
-    p.handle(1, wire.pack_hello(step=0, **hello))
-    assert p.dispatcher.neighbour_step == {1: 0}
-    p.handle(1, wire.pack_heartbeat(node_id=1, step=300, epoch=2))
+    p.handle(1, wire.pack_hello(step=0, **hello))  # stale: queued by ZeroMQ before we listened
+    assert p.dispatcher.neighbour_step == {1: 0} and p.dispatcher.they_met_us == {}
+    p.handle(1, wire.pack_heartbeat(node_id=1, step=300, epoch=2, step_when_met=290))  # the answer
     p.handle(1, wire.pack_hello(step=0, **hello))  # a late Hello does not undo what a heartbeat said
-    assert p.dispatcher.neighbour_step == {1: 300}
-    p.handle(2, wire.pack_hello(step=250, **{**hello, "node_id": 2}))  # resumed from its checkpoint
-    assert pick_source(0, p.dispatcher.neighbour_step, {1, 2}, 100, resume=False) == 1
+    assert p.dispatcher.neighbour_step == {1: 300} and p.dispatcher.they_met_us == {1: 290}
+    p.handle(2, wire.pack_hello(step=0, **{**hello, "node_id": 2}))
+    p.handle(2, wire.pack_heartbeat(node_id=2, step=400, epoch=3, step_when_met=0))  # met us at its start
+    assert pick_source(0, p.dispatcher.they_met_us, {1, 2}, 100, resume=False) == 1
+    assert pick_source(0, {2: 0}, {1, 2}, 100, resume=False) is None  # 400 now, but we met at 0
+    assert pick_source(0, p.dispatcher.neighbour_step, {1, 2}, 100, resume=True) == 2  # resumed: steps now
     assert p.greeted == [1, 1, 2]  # each Hello is answered with our own step (a heartbeat)
+
+
+def test_our_heartbeats_say_the_step_we_met_each_neighbour_at():
+    """We record our own step at first hearing, and again when a neighbour comes back from down."""
+    step = [7]
+    p = Parts()
+    p.dispatcher.own_step = lambda: step[0]
+    p.handle(1, wire.pack_heartbeat(node_id=1, step=0, epoch=0))
+    step[0] = 50
+    p.handle(1, wire.pack_heartbeat(node_id=1, step=1, epoch=0))  # already met: unchanged
+    p.handle(2, wire.pack_heartbeat(node_id=2, step=0, epoch=0))
+    assert p.dispatcher.met_at == {1: 7, 2: 50}
+    p.ledger.views[1].down = True  # marked down by silence, then heard again: maybe restarted
+    step[0] = 90
+    p.handle(1, wire.pack_heartbeat(node_id=1, step=2, epoch=0))
+    assert p.dispatcher.met_at == {1: 90, 2: 50}
+
+
+def test_a_fresh_peer_waits_for_heartbeats_not_hellos_before_it_decides():
+    """Hellos alone (step 0, maybe stale) do not end the wait; the heartbeat that says the
+    neighbour met us a full epoch along makes us load its state."""
+    p = Parts()
+    hello = dict(node_id=1, schema_hash=HASH, config_hash="ours", address="tcp://x:1", epochs=1)
+    worker = fake_worker(steps_per_epoch=10)
+    bridge = SimpleNamespace(stop=threading.Event(), drain=list, to_thread=lambda item: None)
+
+    async def main():
+        p.handle(1, wire.pack_hello(step=0, **hello))
+        task = asyncio.create_task(p.catchup.run(worker, bridge, p.dispatcher, resume=False, timeout_s=0.5))
+        await asyncio.sleep(0.3)
+        assert not task.done() and not p.catchup.active  # still waiting for a heartbeat
+        p.handle(1, wire.pack_heartbeat(node_id=1, step=25, epoch=2, step_when_met=20))
+        await asyncio.sleep(0.2)
+        assert p.catchup.active and p.catchup.source == 1  # asked for its state
+        await task  # nobody answers here: gives up after timeout_s
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+    requests = [wire.unpack(data, LIMITS) for nbr, data in p.link.sent if nbr == 1]
+    assert any(isinstance(m, wire.StateRequest) for m in requests)
 
 
 def fake_worker(numel: int = NUMEL, steps_per_epoch: int = 10) -> SimpleNamespace:

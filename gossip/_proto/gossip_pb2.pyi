@@ -436,6 +436,7 @@ class Heartbeat(google.protobuf.message.Message):
     STEP_FIELD_NUMBER: builtins.int
     EPOCH_FIELD_NUMBER: builtins.int
     HEARD_FROM_YOU_FIELD_NUMBER: builtins.int
+    STEP_WHEN_MET_FIELD_NUMBER: builtins.int
     node_id: builtins.int
     """sender's node id"""
     step: builtins.int
@@ -444,6 +445,11 @@ class Heartbeat(google.protobuf.message.Message):
     """sender's epoch (0-based)"""
     heard_from_you: builtins.int
     """bytes the sender has received from the receiver so far: each neighbour gets"""
+    step_when_met: builtins.int
+    """its own heartbeat, and a count that stops moving tells the receiver that its
+    link to the sender carries nothing (gossip.runtime.linkwatch)
+    sender's global step when it first heard the receiver (or heard it again after
+    """
     def __init__(
         self,
         *,
@@ -451,8 +457,9 @@ class Heartbeat(google.protobuf.message.Message):
         step: builtins.int = ...,
         epoch: builtins.int = ...,
         heard_from_you: builtins.int = ...,
+        step_when_met: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["epoch", b"epoch", "heard_from_you", b"heard_from_you", "node_id", b"node_id", "step", b"step"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["epoch", b"epoch", "heard_from_you", b"heard_from_you", "node_id", b"node_id", "step", b"step", "step_when_met", b"step_when_met"]) -> None: ...
 
 global___Heartbeat = Heartbeat
 

@@ -84,6 +84,7 @@ class Heartbeat:
     step: int
     epoch: int
     heard_from_you: int = 0
+    step_when_met: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,9 +162,10 @@ def pack_hello(*, node_id: int, schema_hash: int, config_hash: str, address: str
     return env.SerializeToString()
 
 
-def pack_heartbeat(*, node_id: int, step: int, epoch: int, heard_from_you: int = 0) -> bytes:
+def pack_heartbeat(*, node_id: int, step: int, epoch: int, heard_from_you: int = 0, step_when_met: int = 0) -> bytes:
     env = _envelope(node_id)
-    env.heartbeat.CopyFrom(pb.Heartbeat(node_id=node_id, step=step, epoch=epoch, heard_from_you=heard_from_you))
+    env.heartbeat.CopyFrom(pb.Heartbeat(node_id=node_id, step=step, epoch=epoch, heard_from_you=heard_from_you,
+                                        step_when_met=step_when_met))
     return env.SerializeToString()
 
 
@@ -316,7 +318,8 @@ def _body(env: pb.Envelope, limits: Limits, size: int) -> Message:
     if kind == "heartbeat":
         return Heartbeat(node_id=_node(env.heartbeat.node_id, limits, "node_id"),
                          step=int(env.heartbeat.step), epoch=int(env.heartbeat.epoch),
-                         heard_from_you=int(env.heartbeat.heard_from_you))
+                         heard_from_you=int(env.heartbeat.heard_from_you),
+                         step_when_met=int(env.heartbeat.step_when_met))
     if kind == "done":
         if env.done.last_seq < -1:
             reject("bad_field", f"done last_seq {env.done.last_seq}")

@@ -2,9 +2,9 @@
 
 Both sides of a ``StateRequest``:
 
-* **asking** (:class:`CatchUp`): a late joiner a full epoch behind its most advanced
-  neighbour, or a resumed peer a quarter of an epoch behind (it missed whatever was sent
-  while it was down), asks that neighbour for its state, collects the StateChunks and adopts
+* **asking** (:class:`CatchUp`): a late joiner, or a resumed peer a quarter of an epoch behind
+  its most advanced neighbour (it missed whatever was sent while it was down), asks that
+  neighbour for its state, collects the StateChunks and adopts
   them: its parameters, and the neighbour's position (epoch, step, LR schedule). Updates that
   arrive before the state are recorded as seen but not applied: the state already holds them
   (approximately: one in flight at snapshot time may be missed or counted twice).
@@ -15,6 +15,12 @@ Both sides of a ``StateRequest``:
   loop posts :class:`~gossip.runtime.bridge.StateAsked` and the thread answers between
   batches; before and after, nothing else touches the model, and the loop answers at once.
   Either way the chunks cross the bridge as a :class:`~gossip.runtime.bridge.StateReply`.
+
+Who is a late joiner is judged on the step each neighbour had *when it met us* (every heartbeat
+says it: ``step_when_met``), a full epoch or more, not on its step now: with epochs of a fraction
+of a second, peers that met at the start may be an epoch apart by the time a lost answer comes
+round, and Hellos queued in ZeroMQ before we listened (step 0) reach a late joiner first. So a
+fresh peer waits for a heartbeat of every neighbour it heard (``PROGRESS_WAIT_S`` at most).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -42,6 +48,14 @@ log = get_logger(__name__)
 # with a heartbeat once its reconnect to us (up to 1 s) is through, and beats every second anyway.
 PROGRESS_WAIT_S = 3.0
 POLL_S = 0.02
+
+
+class Meeting(Protocol):
+    """What the dispatcher knows of the neighbours (gossip.runtime.dispatch.Dispatcher)."""
+
+    heard: set[int]                 # said anything valid
+    neighbour_step: dict[int, int]  # step now (heartbeats; a Hello's until the first one)
+    they_met_us: dict[int, int]     # step when it met us (heartbeats only)
 
 
 def pick_source(own_step: int, neighbour_step: dict[int, int], heard: set[int], steps_per_epoch: int,
@@ -85,17 +99,20 @@ class CatchUp:
         return sum(c.values.numel() for c in self.chunks.values()) == self.numel
 
     # ------------------------------------------------------------ the flow
-    async def run(self, worker: Worker, bridge: Any, neighbour_step: dict[int, int], heard: set[int], *,
-                  resume: bool, timeout_s: float) -> None:
+    async def run(self, worker: Worker, bridge: Any, meeting: Meeting, *, resume: bool, timeout_s: float) -> None:
         """Catch up if we are far behind (see the module docstring); gives up after ``timeout_s``."""
+        # a resumed peer judges the neighbours' steps now (it met them long ago); a fresh one, theirs
+        # when they met it (neither a lost answer nor a stale Hello makes it a late joiner)
+        steps = meeting.neighbour_step if resume else meeting.they_met_us
         deadline = time.monotonic() + PROGRESS_WAIT_S
-        while heard - set(neighbour_step) and time.monotonic() < deadline:
+        while meeting.heard - set(meeting.they_met_us) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         own = worker.progress.global_step
-        source = pick_source(own, neighbour_step, heard, worker.trainer.steps_per_epoch, resume=resume)
+        source = pick_source(own, steps, meeting.heard, worker.trainer.steps_per_epoch, resume=resume)
         if source is None:
             return
-        log.info("catch_up_start", source=source, their_step=neighbour_step[source], own_step=own)
+        log.info("catch_up_start", source=source, their_step=meeting.neighbour_step.get(source, steps[source]),
+                 met_at=meeting.they_met_us.get(source), own_step=own)
         self.active, self.source = True, source
         self.send(source, wire.pack_state_request(node_id=self.peer_id, schema_hash=self.schema_hash))
         deadline = time.monotonic() + timeout_s

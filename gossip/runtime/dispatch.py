@@ -61,7 +61,8 @@ class Dispatcher:
                  deliver: Callable[[wire.DecodedUpdate | wire.Snapshot], None], ask_state: Callable[[int], None],
                  on_fatal: Callable[[PeerError], None], clock: Callable[[], float] = time.monotonic,
                  security: SecurityConfig | None = None, greet: Callable[[int], None] | None = None,
-                 on_heartbeat: Callable[[int, int], None] | None = None) -> None:
+                 on_heartbeat: Callable[[int, int], None] | None = None,
+                 own_step: Callable[[], int] = lambda: 0) -> None:
         self.peer_id = peer_id
         self.neighbours = neighbours
         self.relay = relay
@@ -81,6 +82,9 @@ class Dispatcher:
         self.clock = clock
         self.heard: set[int] = set()  # neighbours that have said anything valid
         self.neighbour_step: dict[int, int] = {}  # global step from each neighbour's heartbeats
+        self.own_step = own_step
+        self.met_at: dict[int, int] = {}      # our step when we (re)met each neighbour: told in our heartbeats
+        self.they_met_us: dict[int, int] = {}  # each neighbour's step when it (re)met us: from its heartbeats
         sec = SecurityConfig() if security is None else security
         self.rates = RateLimiter(sec.rate_scale, clock)
         counters.log.interval_s = sec.reject_log_interval_s
@@ -132,6 +136,9 @@ class Dispatcher:
         now = self.clock()  # alive: only a well-formed frame that names its sender truly counts
         if self.ledger.heard(sender, now):
             log.info("peer_up", peer=sender)
+            self.met_at[sender] = self.own_step()  # back after being down: maybe restarted, maybe far behind
+        elif sender not in self.heard:
+            self.met_at[sender] = self.own_step()
         self.heard.add(sender)
         if isinstance(msg, wire.DecodedUpdate):
             self._on_update(sender, msg, env, now)
@@ -139,6 +146,7 @@ class Dispatcher:
             self.deliver(msg)
         elif isinstance(msg, wire.Heartbeat):
             self.neighbour_step[sender] = msg.step
+            self.they_met_us[sender] = msg.step_when_met
             if self.on_heartbeat is not None:
                 self.on_heartbeat(sender, msg.heard_from_you)
         elif isinstance(msg, wire.StateRequest):

@@ -109,8 +109,8 @@ class Peer:
         try:
             await self._meet_neighbours()
             self.states.thread_starts()  # state requests now queue for the thread (catchup)
-            await self.catchup.run(worker, self.bridge, self.dispatcher.neighbour_step, self.dispatcher.heard,
-                                   resume=self.resume, timeout_s=max(5.0, 2 * self.cfg.timeouts.silence_s))
+            await self.catchup.run(worker, self.bridge, self.dispatcher, resume=self.resume,
+                                   timeout_s=max(5.0, 2 * self.cfg.timeouts.silence_s))
             train = asyncio.create_task(asyncio.to_thread(self._guarded_run), name="train")
             tasks.append(train)
             outcome = await train
@@ -166,7 +166,8 @@ class Peer:
             config_hash=config_hash(cfg), ledger=self.ledger, counters=self.counters,
             membership=self.membership, catchup=self.catchup, resend=self.resend, link=transport,
             deliver=bridge.to_thread, ask_state=self.states.asked, on_fatal=self._on_fatal,
-            security=cfg.security, greet=self.greet, on_heartbeat=self._link_report)
+            security=cfg.security, greet=self.greet, on_heartbeat=self._link_report,
+            own_step=lambda: worker.progress.global_step)
         reconnect = getattr(transport, "reconnect", None)  # in-memory links (tests) never die
         self.link_watch = None if reconnect is None else LinkWatch(
             transport.queued_to, reconnect, after_s=cfg.timeouts.silence_s / 2)
@@ -286,8 +287,9 @@ class Peer:
         """A heartbeat to ``nbr`` now; also the answer to its Hello (a late joiner decides on it)."""
         p = self.worker.progress  # plain attributes the thread writes: no lock
         heard = getattr(self.transport, "heard_from", lambda n: 0)(nbr)
+        met = self.dispatcher.met_at.get(nbr, p.global_step)
         self.transport.send(nbr, wire.pack_heartbeat(node_id=self.peer_id, step=p.global_step, epoch=p.epoch,
-                                                     heard_from_you=heard))
+                                                     heard_from_you=heard, step_when_met=met))
 
     def _link_report(self, nbr: int, heard_from_you: int) -> None:
         if self.link_watch is not None:
