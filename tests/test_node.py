@@ -18,6 +18,8 @@ import pytest
 import torch
 
 from gossip import config
+from gossip._proto import gossip_pb2 as pb
+from gossip.errors import ProtocolError
 from gossip.protocol import wire
 from gossip.protocol.codec.dense import encode_dense
 from gossip.runtime.bridge import FINISHED, Bridge, StateAsked
@@ -126,7 +128,7 @@ def test_a_different_model_is_fatal_and_updates_wait_while_catching_up():
     assert len(p.fatal) == 1 and "different model" in str(p.fatal[0])
     p.catchup.active = True
     p.handle(1, update(1, 0))
-    assert p.delivered == [] and p.counters.skipped_before_state == 1
+    assert p.delivered == [] and [(u.node_id, u.seq) for u in p.catchup.held] == [(1, 0)]
 
 
 # ---------------------------------------------------------------- membership
@@ -264,11 +266,17 @@ def fake_worker(numel: int = NUMEL, steps_per_epoch: int = 10) -> SimpleNamespac
 def test_catch_up_adopts_the_state_from_chunks():
     p = Parts()
     source = torch.arange(NUMEL, dtype=torch.float32)
-    chunks = [wire.unpack(c, LIMITS) for c in wire.pack_state_chunks(
-        source, node_id=1, seq=7, step=25, epoch=2, schema_hash=HASH, chunk_bytes=64)]
-    assert len(chunks) > 1
-    p.handle(1, update(1, 2))  # heard before the state
+    # the source holds its own up to seq 7, peer 2's below 4 and its 6, nothing of peer 3
+    packed = wire.pack_state_chunks(source, node_id=1, seq=7, step=25, epoch=2, schema_hash=HASH, chunk_bytes=64,
+                                    applied={0: [3], 1: [0], 2: [4, 6], 3: [0]})
+    chunks = [wire.unpack(c, LIMITS) for c in packed]
+    assert len(chunks) > 1 and chunks[0].applied == ((0, 3, ()), (2, 4, (6,)), (3, 0, ()))  # not its own id
+    assert all(c.applied == () for c in chunks[1:])
+    p.handle(1, update(1, 2))  # heard before the state: delivered, then queued for the thread
     p.catchup.active, p.catchup.source = True, 1
+    for frame, origin in ((update(2, 3), 2), (update(2, 5), 2), (update(2, 6), 2), (update(1, 8), 1)):
+        p.handle(origin, frame)  # while we wait: held, not delivered
+    assert [(u.node_id, u.seq) for u in p.delivered] == [(1, 2)]
     for c in chunks[:-1]:
         p.catchup.offer(1, c)
         p.catchup.offer(2, c)  # not the neighbour asked: ignored
@@ -276,17 +284,40 @@ def test_catch_up_adopts_the_state_from_chunks():
     p.catchup.offer(1, chunks[-1])
     assert p.catchup.complete()
     w = fake_worker()
-    queued = [wire.unpack(update(1, 5), LIMITS), StateAsked(2)]
+    queued = [*p.delivered, StateAsked(2)]
     keep = p.catchup.adopt(w, queued)
-    assert keep == [StateAsked(2)] and p.counters.skipped_before_state == 1
+    # exactly what the state lacks goes to the thread: peer 2's 5 and the source's 8
+    assert [(k.node_id, k.seq) if isinstance(k, wire.DecodedUpdate) else k for k in keep] == [
+        StateAsked(2), (2, 5), (1, 8)]
+    assert p.counters.skipped_before_state == 3  # (1, 2), (2, 3), (2, 6)
     assert torch.equal(w.trainer.flat, source) and not w.feedback.residual.any()
     assert (w.start_epoch, w.start_step, w.progress.global_step, w.trainer.step_count) == (2, 5, 25, 25)
-    assert p.ledger.views[1].floor == 8  # the source's own updates up to its seq are in the state
-    assert w.applied.views[1].floor == 8  # and the worker will never fold them in
-    p.catchup.first_seen(2, 6)  # peer 2 unheard so far: its first seq sets the floor
-    assert p.ledger.views[2].floor == 6
-    p.catchup.first_seen(2, 9)
-    assert p.ledger.views[2].floor == 6  # only the first one
+    assert w.applied.state_dict() == {1: [8], 2: [4, 6], 3: [0]}  # the thread folds 5 and 8 itself
+    assert p.ledger.state_dict() == {1: [9], 2: [4, 5, 6], 3: [0]}  # seen: the state's and what came
+    p.catchup.active = False
+    p.handle(2, update(2, 2))  # in the state, arriving late: a duplicate, never applied
+    p.handle(2, update(2, 4))  # neither in the state nor seen: applied
+    assert p.counters.duplicates == 1 and [(u.node_id, u.seq) for u in p.delivered[1:]] == [(2, 4)]
+
+
+def test_a_state_that_lists_its_holdings_badly_is_rejected():
+    flat = torch.zeros(NUMEL)
+    for applied in ({2: [5, 5]}, {2: [5, 7, 6]}, {2: [5, *range(6, 6 + wire.MAX_STATE_ABOVE + 1)]}):
+        chunk = wire.pack_state_chunks(flat, node_id=1, seq=0, step=0, epoch=0, schema_hash=HASH)[0]
+        env = pb.Envelope.FromString(chunk)
+        del env.state_chunk.applied[:]
+        for o, (floor, *above) in applied.items():
+            env.state_chunk.applied.add(origin=o, floor=floor, above=above)
+        with pytest.raises(ProtocolError):
+            wire.unpack(env.SerializeToString(), LIMITS)
+    env = pb.Envelope.FromString(wire.pack_state_chunks(flat, node_id=1, seq=0, step=0, epoch=0,
+                                                             schema_hash=HASH)[0])
+    env.state_chunk.applied.add(origin=1, floor=3)  # the sender's own: only StateChunk.seq says that
+    with pytest.raises(ProtocolError):
+        wire.unpack(env.SerializeToString(), LIMITS)
+    env.state_chunk.applied[0].origin = 9  # not a peer
+    with pytest.raises(ProtocolError):
+        wire.unpack(env.SerializeToString(), LIMITS)
 
 
 def test_state_server_answers_through_whoever_owns_the_model():

@@ -527,6 +527,7 @@ class StateChunk(google.protobuf.message.Message):
     OFFSET_FIELD_NUMBER: builtins.int
     TOTAL_FIELD_NUMBER: builtins.int
     DATA_FIELD_NUMBER: builtins.int
+    APPLIED_FIELD_NUMBER: builtins.int
     node_id: builtins.int
     """sender's node id"""
     schema_hash: builtins.int
@@ -543,6 +544,10 @@ class StateChunk(google.protobuf.message.Message):
     """length of the whole vector (elements); offset + len(data)/4 <= total"""
     data: builtins.bytes
     """fp32 values of elements offset .. offset + len(data)/4 - 1"""
+    @property
+    def applied(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___Applied]:
+        """in the chunk at offset 0 only: which updates of every other origin the state"""
+
     def __init__(
         self,
         *,
@@ -554,10 +559,39 @@ class StateChunk(google.protobuf.message.Message):
         offset: builtins.int = ...,
         total: builtins.int = ...,
         data: builtins.bytes = ...,
+        applied: collections.abc.Iterable[global___Applied] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["data", b"data", "epoch", b"epoch", "node_id", b"node_id", "offset", b"offset", "schema_hash", b"schema_hash", "seq", b"seq", "step", b"step", "total", b"total"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["applied", b"applied", "data", b"data", "epoch", b"epoch", "node_id", b"node_id", "offset", b"offset", "schema_hash", b"schema_hash", "seq", b"seq", "step", b"step", "total", b"total"]) -> None: ...
 
 global___StateChunk = StateChunk
+
+@typing.final
+class Applied(google.protobuf.message.Message):
+    """Which updates of one origin a state holds (StateChunk.applied)."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ORIGIN_FIELD_NUMBER: builtins.int
+    FLOOR_FIELD_NUMBER: builtins.int
+    ABOVE_FIELD_NUMBER: builtins.int
+    origin: builtins.int
+    """the origin's node id (the state sender's own updates are StateChunk.seq)"""
+    floor: builtins.int
+    """every seq of origin below this is in the state"""
+    @property
+    def above(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
+        """seqs above floor also in the state, strictly increasing, at most 4096"""
+
+    def __init__(
+        self,
+        *,
+        origin: builtins.int = ...,
+        floor: builtins.int = ...,
+        above: collections.abc.Iterable[builtins.int] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["above", b"above", "floor", b"floor", "origin", b"origin"]) -> None: ...
+
+global___Applied = Applied
 
 @typing.final
 class ResendRequest(google.protobuf.message.Message):

@@ -28,7 +28,7 @@ from gossip.protocol.constants import PROTOCOL_VERSION, REASONS, reject
 log = get_logger(__name__)
 
 __all__ = [
-    "MAX_RESEND_SEQS", "PROTOCOL_VERSION", "REASONS", "DecodedUpdate", "Done", "Heartbeat", "Hello", "Limits",
+    "MAX_RESEND_SEQS", "MAX_STATE_ABOVE", "PROTOCOL_VERSION", "REASONS", "DecodedUpdate", "Done", "Heartbeat", "Hello", "Limits",
     "Message", "ResendRequest", "Snapshot", "StateChunk", "StateRequest", "pack_done", "pack_heartbeat",
     "pack_hello", "pack_resend_request", "pack_snapshot", "pack_state_chunks", "pack_state_request",
     "pack_update", "relay", "unpack",
@@ -41,6 +41,7 @@ STATE_CHUNK_BYTES = 4 << 20  # fp32 bytes per StateChunk: 1 Mi elements, well un
 # Seqs per ResendRequest: bounds the work one request can ask of its addressee (and its frame is
 # ~10 bytes per seq); a receiver with more gaps asks again on its next round (gossip.runtime.resend).
 MAX_RESEND_SEQS = 64
+MAX_STATE_ABOVE = 4096  # out-of-order seqs per origin a state may list as held (StateChunk.applied)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class StateChunk:
     offset: int            # first element of ``values`` in the flat vector
     values: torch.Tensor   # fp32, finite
     total: int             # numel of the whole vector
+    applied: tuple[tuple[int, int, tuple[int, ...]], ...] = ()  # (origin, floor, seqs above) the state holds
 
     @property
     def last(self) -> bool:
@@ -191,16 +193,25 @@ def pack_resend_request(*, node_id: int, origin: int, seqs: list[int] | tuple[in
 
 
 def pack_state_chunks(flat: torch.Tensor, *, node_id: int, seq: int, step: int, epoch: int,
-                      schema_hash: int, chunk_bytes: int = STATE_CHUNK_BYTES) -> list[bytes]:
-    """The whole flat vector as StateChunk messages of at most ``chunk_bytes`` of data each."""
+                      schema_hash: int, chunk_bytes: int = STATE_CHUNK_BYTES,
+                      applied: dict[int, list[int]] | None = None) -> list[bytes]:
+    """The whole flat vector as StateChunk messages of at most ``chunk_bytes`` of data each.
+
+    ``applied`` is ``{origin: [floor, *seqs above]}`` (:meth:`gossip.runtime.ledger.Ledger.state_dict`):
+    the others' updates folded into ``flat``; it travels in the first chunk. Past
+    ``MAX_STATE_ABOVE`` out-of-order seqs of one origin only the lowest are listed.
+    """
     data = flat.detach().to(torch.float32).cpu().contiguous().numpy().astype("<f4", copy=False)
     per = max(1, chunk_bytes // 4)
+    held = [pb.Applied(origin=o, floor=floor, above=above[:MAX_STATE_ABOVE])
+            for o, (floor, *above) in sorted((applied or {}).items()) if o != node_id]
     out = []
     for offset in range(0, max(1, data.size), per):
         env = _envelope(node_id)
         env.state_chunk.CopyFrom(pb.StateChunk(
             node_id=node_id, schema_hash=schema_hash, seq=seq, step=step, epoch=epoch,
-            offset=offset, total=data.size, data=data[offset:offset + per].tobytes()))
+            offset=offset, total=data.size, data=data[offset:offset + per].tobytes(),
+            applied=held if offset == 0 else ()))
         out.append(env.SerializeToString())
     return out
 
@@ -281,7 +292,24 @@ def _state_chunk(env: pb.Envelope, limits: Limits) -> StateChunk:
     if not np.isfinite(values).all():
         reject("non_finite", "state chunk value")
     return StateChunk(node_id=node_id, seq=int(msg.seq), step=int(msg.step), epoch=int(msg.epoch),
-                      offset=int(msg.offset), values=torch.from_numpy(values), total=int(msg.total))
+                      offset=int(msg.offset), values=torch.from_numpy(values), total=int(msg.total),
+                      applied=_applied(msg, node_id, limits))
+
+
+def _applied(msg: pb.StateChunk, sender: int, limits: Limits) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
+    out, origins = [], set()
+    for held in msg.applied:
+        origin = _node(held.origin, limits, "applied origin")
+        if origin == sender or origin in origins:
+            reject("bad_field", f"state lists origin {origin} twice or as its sender")
+        origins.add(origin)
+        above = tuple(int(s) for s in held.above)
+        if len(above) > MAX_STATE_ABOVE or held.floor >= 1 << 62:
+            reject("bad_field", f"state lists {len(above)} seqs above floor {held.floor} of origin {origin}")
+        if any(b <= a for a, b in zip((held.floor, *above), above, strict=False)):
+            reject("bad_field", f"state seqs of origin {origin} not strictly increasing above the floor")
+        out.append((origin, int(held.floor), above))
+    return tuple(out)
 
 
 def _resend_request(env: pb.Envelope, limits: Limits) -> ResendRequest:

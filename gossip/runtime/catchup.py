@@ -5,9 +5,13 @@ Both sides of a ``StateRequest``:
 * **asking** (:class:`CatchUp`): a late joiner, or a resumed peer a quarter of an epoch behind
   its most advanced neighbour (it missed whatever was sent while it was down), asks that
   neighbour for its state, collects the StateChunks and adopts
-  them: its parameters, and the neighbour's position (epoch, step, LR schedule). Updates that
-  arrive before the state are recorded as seen but not applied: the state already holds them
-  (approximately: one in flight at snapshot time may be missed or counted twice).
+  them: its parameters, and the neighbour's position (epoch, step, LR schedule). The state
+  says which updates of every origin it holds (``StateChunk.applied``: the source's own up to
+  its ``seq``, the others' as folded in); updates that arrive while we wait are held, and on
+  adoption exactly those the state does not hold are applied, the rest counted as
+  ``skipped_before_state``; what the state holds and has not reached us yet is marked seen
+  (dropped as a duplicate when it comes), and a gap below what we have seen is asked for
+  again like any other (gossip.runtime.resend).
 * **answering** (:class:`StateServer`): the published state is ``flat - residual`` (what the
   swarm has seen of us). Whoever owns the model answers, so the loop never waits for the
   training lock (a batch may hold it for seconds, and the loop must keep its heartbeats):
@@ -81,7 +85,7 @@ class CatchUp:
         self.active = False  # waiting for a neighbour's state: updates are recorded, not applied
         self.source: int | None = None
         self.chunks: dict[int, wire.StateChunk] = {}
-        self.unheard_since_state: set[int] = set()  # origins whose first seq after the state sets its floor
+        self.held: list[wire.DecodedUpdate] = []  # arrived while we wait: applied unless the state has them
 
     # ------------------------------------------------------------ the inbound side (dispatcher)
     def offer(self, sender: int, chunk: wire.StateChunk) -> None:
@@ -89,11 +93,9 @@ class CatchUp:
         if self.active and sender == self.source == chunk.node_id:
             self.chunks[chunk.offset] = chunk
 
-    def first_seen(self, origin: int, seq: int) -> None:
-        """The first update of ``origin`` since the state: what is older is in the state."""
-        if origin in self.unheard_since_state:
-            self.unheard_since_state.discard(origin)
-            self.ledger.skip_below(origin, seq)
+    def hold(self, update: wire.DecodedUpdate) -> None:
+        """An update that arrived while we wait for the state (already recorded as seen)."""
+        self.held.append(update)
 
     def complete(self) -> bool:
         return sum(c.values.numel() for c in self.chunks.values()) == self.numel
@@ -128,40 +130,35 @@ class CatchUp:
             self.active = False
 
     def adopt(self, worker: Worker, queued: list[ToThread]) -> list[ToThread]:
-        """Load the collected state into ``worker`` (not running); returns the StateAsked among
-        ``queued`` (the rest was queued before the state, so the state holds it)."""
+        """Load the collected state into ``worker`` (not running); returns what the thread must
+        still take: the StateAsked among ``queued``, and the updates (queued or held) that the
+        state does not hold, in arrival order."""
         tr = worker.trainer
-        first = next(iter(self.chunks.values()))
+        first = self.chunks.get(0) or next(iter(self.chunks.values()))
         with torch.no_grad():
             for chunk in self.chunks.values():
                 tr.flat[chunk.offset:chunk.offset + chunk.values.numel()].copy_(chunk.values)
             worker.feedback.residual.zero_()  # what we had not sent is in the neighbour's state or lost
+        holds: dict[int, list[int]] = {o: [0] for o in self.ledger.views}  # origin -> [floor, *above]
+        holds.update({o: [floor, *above] for o, floor, above in first.applied if self.ledger.known(o)})
+        holds[first.node_id] = [first.seq + 1]  # the source's own, exactly
+        worker.applied.load_state_dict(holds)  # the worker folds in exactly what the state lacks
+        self.ledger.load_state_dict(holds)     # seen: the state's, and (below) what came meanwhile
+        updates = [u for u in (*queued, *self.held) if isinstance(u, wire.DecodedUpdate)]
+        sets = {o: (h[0], set(h[1:])) for o, h in holds.items()}
+        fresh = [u for u in updates if not (u.seq < sets[u.node_id][0] or u.seq in sets[u.node_id][1])]
+        for u in updates:
+            self.ledger.first_time(u.node_id, u.seq)
         keep: list[ToThread] = [item for item in queued if isinstance(item, StateAsked)]
-        self.counters.skipped_before_state += len(queued) - len(keep)
-        self._skip_what_the_state_holds(first)
-        worker.applied.load_state_dict(self.ledger.state_dict())  # fold in nothing the state holds
+        self.counters.skipped_before_state += len(updates) - len(fresh)
+        self.held = []
         spe = tr.steps_per_epoch
         worker.start_epoch = first.epoch
         worker.start_step = min(spe, max(0, first.step - first.epoch * spe))
         tr.step_count = worker.progress.global_step = first.step
         log.info("state_adopted", source=self.source, epoch=first.epoch, step=first.step,
-                 skipped_updates=self.counters.skipped_before_state)
-        return keep
-
-    def _skip_what_the_state_holds(self, first: wire.StateChunk) -> None:
-        """Older updates are in the adopted state: neither wait nor ask for them (nor apply them).
-
-        Of each origin, that is everything below the newest seq seen while catching up, or, for
-        one not heard yet, below the first seq that arrives (approximate, like the state itself).
-        """
-        for origin in self.ledger.views:
-            top = self.ledger.top(origin)
-            if top >= 0:
-                self.ledger.skip_below(origin, top + 1)
-            else:
-                self.unheard_since_state.add(origin)
-        self.ledger.skip_below(first.node_id, first.seq + 1)  # exact: the source's own last seq
-        self.unheard_since_state.discard(first.node_id)
+                 skipped_updates=self.counters.skipped_before_state, applied_after=len(fresh))
+        return [*keep, *fresh]
 
 
 class StateServer:

@@ -177,7 +177,6 @@ class Dispatcher:
         self._check_origin(sender, update.node_id)
         if not self.ledger.in_window(update.node_id, update.seq):
             raise ProtocolError("seq_out_of_window", f"seq {update.seq} from {update.node_id}")
-        self.catchup.first_seen(update.node_id, update.seq)
         if not self.ledger.first_time(update.node_id, update.seq):
             self.counters.duplicates += 1
             log.debug("update_duplicate", node_id=update.node_id, seq=update.seq, sender=sender)
@@ -189,7 +188,7 @@ class Dispatcher:
             self.counters.updates_sent += self.link.broadcast(wire.relay(env, from_id=self.peer_id),
                                                               exclude=(sender, update.node_id))
         if self.catchup.active:
-            self.counters.skipped_before_state += 1
+            self.catchup.hold(update)  # the state may hold it: judged when it is adopted
         else:
             self.deliver(update)
         self.membership.check_finish()

@@ -249,7 +249,7 @@ class Worker:
             public = self.trainer.flat.clone() if self.exact else self.trainer.flat - self.feedback.residual
         chunks = wire.pack_state_chunks(public, node_id=self.peer_id, seq=self.seq - 1,
                                         step=self.progress.global_step, epoch=self.progress.epoch,
-                                        schema_hash=self.layout.schema_hash)
+                                        schema_hash=self.layout.schema_hash, applied=self.applied.state_dict())
         self.bridge.to_loop(StateReply(requester, tuple(chunks)))
         log.info("state_sent", to=requester, chunks=len(chunks), step=self.progress.global_step)
 
