@@ -105,6 +105,32 @@ def test_duplicates_are_dropped_and_new_updates_delivered_once():
     assert p.link.sent == []  # a full mesh relays nothing
 
 
+def test_a_copy_of_a_recorded_update_is_never_decoded(monkeypatch):
+    """Relays bring most updates more than once on a sparse topology: a copy is a duplicate from
+    its envelope alone (and a sign of life), while a new one, or a copy from a stranger, is decoded."""
+    p = Parts(neighbours=(1, 2, 3), relay=True)
+    calls = []
+    real = wire.decode_update
+    monkeypatch.setattr(wire, "decode_update", lambda *a: calls.append(1) or real(*a))
+    p.handle(1, update(2, 4, via=1))
+    p.handle(3, update(2, 4, via=3))  # the same update around the cycle
+    assert len(calls) == 1 and p.counters.duplicates == 1 and 3 in p.dispatcher.heard
+    p.handle(None, update(2, 4, via=1))  # no identity: the full path rejects it
+    assert p.counters.rejected == {"unknown_sender": 1} and len(calls) == 2 and p.counters.duplicates == 1
+    assert [(u.node_id, u.seq) for u in p.delivered] == [(2, 4)]
+
+
+def test_a_bug_behind_one_frame_is_counted_and_the_next_frame_is_handled(monkeypatch):
+    p = Parts()
+    real = p.dispatcher._on_update
+    monkeypatch.setattr(p.dispatcher, "_on_update", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    p.handle(1, update(1, 0))  # must not raise: the receive loop would end with it
+    assert p.counters.rejected == {"internal_error": 1}
+    monkeypatch.setattr(p.dispatcher, "_on_update", real)
+    p.handle(1, update(1, 1))
+    assert [(u.node_id, u.seq) for u in p.delivered] == [(1, 1)]
+
+
 def test_relay_readdresses_to_the_other_neighbours_only():
     p = Parts(neighbours=(1, 2, 3), relay=True)
     p.handle(1, update(2, 4, via=1))  # origin 2's update, relayed to us by 1

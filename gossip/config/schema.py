@@ -91,6 +91,10 @@ class CommunicationConfig:
     # BatchNorm running mean/var stay per peer while the weights are averaged: re-estimate them for
     # the final weights on this many local batches before the final evaluation (0: off)
     bn_recalibrate_batches: int = field(default=0, metadata=_range(0))
+    # Or gossip them: "gossip" puts every BatchNorm running mean/var into the gossiped vector after
+    # the parameters (their changes travel with the deltas, dense: they are small), so the peers
+    # end with the same statistics as well as the same weights; "local": each peer keeps its own
+    bn_stats: Literal["local", "gossip"] = "local"
     # An outer optimizer on the consensus movement (gossip.training.outer): "nesterov" passes every
     # fold through Nesterov momentum (DiLoCo's outer step, lr 0.7 and momentum 0.9 there); "none"
     # adds the averaged deltas as they are. outer_lr is dimensionless (1 = the deltas' own size).

@@ -370,8 +370,9 @@ def unpack(data: bytes, limits: Limits) -> Message:
     return unpack_envelope(data, limits)[0]
 
 
-def unpack_envelope(data: bytes, limits: Limits) -> tuple[Message, pb.Envelope]:
-    """:func:`unpack`, also returning the parsed Envelope (for :func:`relay`, without a second parse)."""
+def unpack_envelope(data: bytes, limits: Limits, parsed: pb.Envelope | None = None) -> tuple[Message, pb.Envelope]:
+    """:func:`unpack`, also returning the parsed Envelope (for :func:`relay`, without a second parse);
+    ``parsed``: ``data`` already parsed by the caller (the size limit was checked before)."""
     try:
         try:
             size = len(data)
@@ -380,7 +381,7 @@ def unpack_envelope(data: bytes, limits: Limits) -> tuple[Message, pb.Envelope]:
         if size > limits.max_bytes:
             reject("too_large", f"{size} bytes > max_message_bytes {limits.max_bytes}")
         try:
-            env = pb.Envelope.FromString(bytes(data))
+            env = parsed if parsed is not None else pb.Envelope.FromString(bytes(data))
         except Exception as exc:  # DecodeError, or anything the C parser raises on garbage
             reject("parse_error", f"{type(exc).__name__}: {exc}")
         if env.version != PROTOCOL_VERSION:

@@ -19,7 +19,8 @@ never more.
 Floods cost next to nothing: before any decoding a frame is checked cheap-first (frame count,
 size, the envelope's kind) against its sender's token bucket for that kind
 (:mod:`gossip.runtime.ratelimit`); an excess frame is dropped and counted as ``rate_limited``,
-never answered. The receive loop yields to the other tasks every ``YIELD_EVERY`` frames, so
+never answered. A copy of an update already recorded (relays on a sparse topology bring most
+updates more than once) is counted as a duplicate from its envelope alone, never decoded. The receive loop yields to the other tasks every ``YIELD_EVERY`` frames, so
 heartbeats and the training thread's hand-offs never wait on a flood.
 """
 
@@ -103,29 +104,46 @@ class Dispatcher:
                 self.counters.log.flush(now)
 
     def handle(self, sender: int | None, frames: list[bytes]) -> None:
-        kind = self._kind(frames)
+        kind, env = self._parse(frames)
         if not self.rates.allow(sender, kind):
             self.counters.limited(kind, sender)
             return
         try:
-            self._handle(sender, frames)
+            if env is not None and kind == "update" and self._a_copy(sender, env):
+                return
+            self._handle(sender, frames, env)
         except ProtocolError as exc:
             self.counters.reject(exc.reason, sender, str(exc))
+        except Exception as exc:  # a bug here must not end the receive loop (nor can a frame that finds one)
+            log.exception("dispatch_internal_error", sender=sender)
+            self.counters.reject("internal_error", sender, f"{type(exc).__name__}: {exc}")
 
-    def _kind(self, frames: list[bytes]) -> str:
+    def _a_copy(self, sender: int | None, env: pb.Envelope) -> bool:
+        """A well-addressed update already recorded: a duplicate, and a sign of life, undecoded."""
+        origin, seq = env.update.node_id, env.update.seq
+        if (sender not in self.neighbours or env.from_id != sender or env.version != wire.PROTOCOL_VERSION
+                or origin == self.peer_id or not self.ledger.known(origin) or not (self.relay or origin == sender)
+                or not self.ledger.seen(origin, seq)):
+            return False  # anything else takes the full path (and its checks)
+        self._alive(sender)
+        self.counters.duplicates += 1
+        return True
+
+    def _parse(self, frames: list[bytes]) -> tuple[str, pb.Envelope | None]:
         """The envelope's body name, cheap-first (frame count, size, parse): ``junk`` if none."""
         if len(frames) != 1 or not isinstance(frames[0], bytes) or len(frames[0]) > self.limits.max_bytes:
-            return JUNK
+            return JUNK, None
         try:
-            kind = pb.Envelope.FromString(frames[0]).WhichOneof("body")
+            env = pb.Envelope.FromString(frames[0])
+            kind = env.WhichOneof("body")
         except Exception:  # DecodeError, or anything the C parser raises on garbage
-            return JUNK
-        return kind or JUNK
+            return JUNK, None
+        return (kind, env) if kind else (JUNK, None)
 
-    def _handle(self, sender: int | None, frames: list[bytes]) -> None:
+    def _handle(self, sender: int | None, frames: list[bytes], parsed: pb.Envelope | None = None) -> None:
         if len(frames) != 1:
             raise ProtocolError("bad_frames", f"{len(frames)} frames, expected 1")
-        msg, env = wire.unpack_envelope(frames[0], self.limits)
+        msg, env = wire.unpack_envelope(frames[0], self.limits, parsed)
         if sender is None or sender not in self.neighbours:
             raise ProtocolError("unknown_sender", f"identity is not a configured neighbour of {self.peer_id}")
         if env.from_id != sender:  # every envelope names who put it on the link: the key's owner
@@ -133,13 +151,7 @@ class Dispatcher:
         if isinstance(msg, (wire.Heartbeat, wire.Hello, wire.Snapshot)) and msg.node_id != sender:
             raise ProtocolError("spoofed_node_id", f"neighbour {sender} sent a {type(msg).__name__} "
                                 f"of {msg.node_id}")
-        now = self.clock()  # alive: only a well-formed frame that names its sender truly counts
-        if self.ledger.heard(sender, now):
-            log.info("peer_up", peer=sender)
-            self.met_at[sender] = self.own_step()  # back after being down: maybe restarted, maybe far behind
-        elif sender not in self.heard:
-            self.met_at[sender] = self.own_step()
-        self.heard.add(sender)
+        now = self._alive(sender)  # only a well-formed frame that names its sender truly counts
         if isinstance(msg, wire.DecodedUpdate):
             self._on_update(sender, msg, env, now)
         elif isinstance(msg, wire.Snapshot):  # a teacher (codistill): the training thread judges it
@@ -164,6 +176,16 @@ class Dispatcher:
             self._on_hello(sender, msg)
         elif isinstance(msg, wire.Done):
             self._on_done(sender, msg, env)
+
+    def _alive(self, sender: int) -> float:
+        now = self.clock()
+        if self.ledger.heard(sender, now):
+            log.info("peer_up", peer=sender)
+            self.met_at[sender] = self.own_step()  # back after being down: maybe restarted, maybe far behind
+        elif sender not in self.heard:
+            self.met_at[sender] = self.own_step()
+        self.heard.add(sender)
+        return now
 
     def _check_origin(self, sender: int, origin: int) -> None:
         if origin == self.peer_id or not self.ledger.known(origin):

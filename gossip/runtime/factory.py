@@ -39,7 +39,8 @@ def build_worker(cfg: Config, peer_id: int, dataset: Dataset, shard: torch.Tenso
     step = swarm_step(cfg)  # the per-peer batch and learning rate (training/recipe.py)
     local = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=step.batch_size))
     trainer = Trainer(local, model, split, dataset, device=device or torch.device("cpu"),
-                      seed=cfg.seed * 1000 + peer_id, lr_scale=step.lr_factor)
+                      seed=cfg.seed * 1000 + peer_id, lr_scale=step.lr_factor,
+                      gossip_buffers=cfg.communication.bn_stats == "gossip")
     return Worker(cfg, peer_id, trainer, dataset, bridge, Layout.from_shapes(trainer.layout))
 
 

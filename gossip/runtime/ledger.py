@@ -64,6 +64,11 @@ class Ledger:
         view = self.views[origin]
         return seq < view.floor + SEQ_WINDOW
 
+    def seen(self, origin: int, seq: int) -> bool:
+        """Was ``(origin, seq)`` recorded already? (Nothing changes.)"""
+        view = self.views[origin]
+        return seq < view.floor or seq in view.above
+
     def first_time(self, origin: int, seq: int) -> bool:
         """Record ``(origin, seq)``; False when it was seen before (a duplicate or replay)."""
         view = self.views[origin]

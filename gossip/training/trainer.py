@@ -85,9 +85,21 @@ def _mix(seed: int, epoch: int) -> int:
     return (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (2**63)
 
 
+def _bn_stats(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The BatchNorm layers' running mean and variance (floating buffers), in module order."""
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            for attr in ("running_mean", "running_var"):
+                buf = getattr(m, attr)
+                if buf is not None:
+                    out.append((f"{name}.{attr}" if name else attr, buf))
+    return out
+
+
 class Trainer:
     def __init__(self, cfg: Config, model: nn.Module, train: Split, dataset: Dataset, *,
-                 device: torch.device, seed: int, lr_scale: float = 1.0) -> None:
+                 device: torch.device, seed: int, lr_scale: float = 1.0, gossip_buffers: bool = False) -> None:
         t = cfg.train
         # ---- hyperparameters, all from cfg.train -------------------------------------------------
         self.epochs = t.epochs                      # passes over this trainer's split
@@ -125,10 +137,14 @@ class Trainer:
         self.memory_format = torch.channels_last
 
         # ---- flat parameter buffer: params become views into it, in layout order ----------------
+        # With gossip_buffers the BatchNorm running mean/var follow the parameters in the flat
+        # vector (views too; BN updates them in place): their changes then travel with the deltas,
+        # so the peers average them like weights. The optimizer never moves them (zero gradient).
         self.model = model.to(device)
         params = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
-        self.layout: list[tuple[str, tuple[int, ...]]] = [(name, tuple(p.shape)) for name, p in params]
-        numel = sum(p.numel() for _, p in params)
+        stats = _bn_stats(self.model) if gossip_buffers else []
+        self.layout: list[tuple[str, tuple[int, ...]]] = [(name, tuple(p.shape)) for name, p in (*params, *stats)]
+        numel = sum(p.numel() for _, p in (*params, *stats))
         self.flat = torch.zeros(numel, dtype=torch.float32, device=device)
         self.grad = torch.zeros_like(self.flat)  # autograd accumulates straight into views of this
         self.decay_mask = torch.zeros_like(self.flat)  # 1 where weight decay applies
@@ -140,6 +156,12 @@ class Trainer:
             p.grad = self.grad[offset:offset + n].view(p.shape)
             if p.dim() > 1:
                 self.decay_mask[offset:offset + n] = 1.0
+            offset += n
+        for name, b in stats:
+            n = b.numel()
+            self.flat[offset:offset + n].copy_(b.detach().reshape(-1))
+            owner, _, attr = name.rpartition(".")
+            self.model.get_submodule(owner)._buffers[attr] = self.flat[offset:offset + n].view(b.shape)
             offset += n
         self.velocity = torch.zeros_like(self.flat)  # SGD momentum buffer
         self.model.train()
