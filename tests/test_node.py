@@ -131,6 +131,18 @@ def test_a_bug_behind_one_frame_is_counted_and_the_next_frame_is_handled(monkeyp
     assert [(u.node_id, u.seq) for u in p.delivered] == [(1, 1)]
 
 
+def test_shortest_paths_relay_skips_neighbours_no_farther_from_the_origin_unless_a_peer_is_down():
+    p = Parts(neighbours=(1, 2, 3), relay=True)
+    p.dispatcher.relay_to = {2: (3,), 1: (2, 3), 3: ()}
+    p.handle(1, update(2, 0, via=1))
+    assert [n for n, _ in p.link.sent] == [3]  # 1 sent it; 2 is the origin; 3 is farther: only 3
+    p.handle(2, update(3, 0, via=2))
+    assert len(p.link.sent) == 1  # origin 3: nobody of ours is farther
+    p.ledger.views[1].down = True  # a path may be missing: flood
+    p.handle(2, update(3, 1, via=2))
+    assert [n for n, _ in p.link.sent[1:]] == [1]
+
+
 def test_relay_readdresses_to_the_other_neighbours_only():
     p = Parts(neighbours=(1, 2, 3), relay=True)
     p.handle(1, update(2, 4, via=1))  # origin 2's update, relayed to us by 1

@@ -48,3 +48,20 @@ def test_addresses_tcp_and_ipc():
 def test_hosts_count_must_match_peers():
     with pytest.raises(ConfigError, match="topology.hosts"):
         cfg(peers=3, **{"topology.hosts": "[a, b]"})
+
+
+def test_shortest_paths_relay_sends_every_copy_away_from_the_origin():
+    ring = config.load(None, ["peers=8", "topology.kind=ring"])
+    assert topology.hops_from(ring, 0) == [0, 1, 2, 3, 4, 3, 2, 1]
+    assert topology.relay_targets(ring, 2) == {}  # one way in for everybody: a ring floods
+    torus = config.load(None, ["peers=16", "topology.kind=torus"])
+    copies = {p: 0 for p in range(16)}
+    for p in range(16):  # every peer's copies of origin 0's update: one from each nearer neighbour
+        for n in topology.relay_targets(torus, p).get(0, ()):
+            copies[n] += 1
+    hops = topology.hops_from(torus, 0)
+    assert all(copies[p] >= 2 for p in range(16) if hops[p] >= 2)  # two ways in for every relayed copy
+    # flooding: every peer but the origin relays to all neighbours but the sender and the origin
+    flood = sum(len(topology.neighbours(torus, p)) - 1 - (0 in topology.neighbours(torus, p))
+                for p in range(16) if p != 0)
+    assert (sum(copies.values()), flood) == (28, 41)

@@ -162,6 +162,13 @@ class TopologyConfig:
     kind: Literal["full", "ring", "torus", "kregular", "random_k", "edges"] = "full"
     k: int = field(default=2, metadata=_range(1))  # degree for kregular/random_k
     edges: tuple[tuple[int, int], ...] = ()
+    # How an update reaches the peers that are not the origin's neighbours. "shortest_paths": a peer
+    # relays it only to neighbours farther (in hops) from the origin than itself, so each copy
+    # moves away from the origin and a peer gets one per neighbour nearer the origin; it floods
+    # instead while any peer is down, and for an origin from which some peer would have only one
+    # such neighbour (a ring: one lost relay must not cut anyone off). "flood": to every neighbour
+    # but the sender and the origin (the default: the most ways in, the most duplicates).
+    relay: Literal["shortest_paths", "flood"] = "flood"
     transport: Literal["tcp", "ipc"] = "tcp"
     # one per peer, or one for all; in YAML also "hostfile:PATH", "slurm" or "env" (gossip.config.hosts)
     hosts: tuple[str, ...] = ("127.0.0.1",)

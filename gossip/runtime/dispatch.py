@@ -6,8 +6,8 @@ match the link's identity where they name the sender; on a full mesh nobody may 
 another peer), and routes it:
 
 * an update: dropped when out of the de-duplication window or seen before (counted as a
-  duplicate), else recorded in the ledger, relayed to the other neighbours on sparse
-  topologies (the parsed envelope re-addressed), and handed to the training thread (or only
+  duplicate), else recorded in the ledger, relayed on sparse topologies (the parsed envelope
+  re-addressed) to the neighbours farther from its origin (``topology.relay``), and handed to the training thread (or only
   counted while catching up: the awaited state holds it);
 * Done: the two-phase finish (:mod:`gossip.runtime.membership`), relayed the first time;
 * Heartbeat, Hello, StateRequest, StateChunk, ResendRequest: to their owners.
@@ -63,7 +63,8 @@ class Dispatcher:
                  on_fatal: Callable[[PeerError], None], clock: Callable[[], float] = time.monotonic,
                  security: SecurityConfig | None = None, greet: Callable[[int], None] | None = None,
                  on_heartbeat: Callable[[int, int], None] | None = None,
-                 own_step: Callable[[], int] = lambda: 0) -> None:
+                 own_step: Callable[[], int] = lambda: 0,
+                 relay_to: dict[int, tuple[int, ...]] | None = None) -> None:
         self.peer_id = peer_id
         self.neighbours = neighbours
         self.relay = relay
@@ -84,6 +85,7 @@ class Dispatcher:
         self.heard: set[int] = set()  # neighbours that have said anything valid
         self.neighbour_step: dict[int, int] = {}  # global step from each neighbour's heartbeats
         self.own_step = own_step
+        self.relay_to = relay_to  # origin -> neighbours farther from it (topology.relay_targets); None: flood
         self.met_at: dict[int, int] = {}      # our step when we (re)met each neighbour: told in our heartbeats
         self.they_met_us: dict[int, int] = {}  # each neighbour's step when it (re)met us: from its heartbeats
         sec = SecurityConfig() if security is None else security
@@ -208,12 +210,21 @@ class Dispatcher:
         self.resend.arrived(update.node_id, update.seq)
         if self.relay:
             self.counters.updates_sent += self.link.broadcast(wire.relay(env, from_id=self.peer_id),
-                                                              exclude=(sender, update.node_id))
+                                                              exclude=self._not_downhill(sender, update.node_id))
         if self.catchup.active:
             self.catchup.hold(update)  # the state may hold it: judged when it is adopted
         else:
             self.deliver(update)
         self.membership.check_finish()
+
+    def _not_downhill(self, sender: int, origin: int) -> tuple[int, ...]:
+        """Neighbours a relayed update of ``origin`` skips: the sender, the origin, and (shortest
+        paths) those no farther from the origin than we are, unless a peer is down: then every
+        path may be needed, and it floods."""
+        farther = None if self.relay_to is None else self.relay_to.get(origin)
+        if farther is None or any(v.down for v in self.ledger.views.values()):
+            return sender, origin
+        return (sender, origin, *(n for n in self.neighbours if n not in farther))
 
     def _on_done(self, sender: int, done: wire.Done, env: pb.Envelope) -> None:
         if done.node_id == self.peer_id and self.relay:

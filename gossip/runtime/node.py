@@ -167,7 +167,8 @@ class Peer:
             membership=self.membership, catchup=self.catchup, resend=self.resend, link=transport,
             deliver=bridge.to_thread, ask_state=self.states.asked, on_fatal=self._on_fatal,
             security=cfg.security, greet=self.greet, on_heartbeat=self._link_report,
-            own_step=lambda: worker.progress.global_step)
+            own_step=lambda: worker.progress.global_step,
+            relay_to=topology.relay_targets(cfg, self.peer_id) if cfg.topology.relay == "shortest_paths" else None)
         reconnect = getattr(transport, "reconnect", None)  # in-memory links (tests) never die
         self.link_watch = None if reconnect is None else LinkWatch(
             transport.queued_to, reconnect, after_s=cfg.timeouts.silence_s / 2)

@@ -73,6 +73,45 @@ def neighbours(cfg: Config, peer_id: int) -> list[int]:
     return sorted({b if a == peer_id else a for a, b in edges(cfg) if peer_id in (a, b)})
 
 
+def hops_from(cfg: Config, origin: int) -> list[int]:
+    """Hops from ``origin`` to every peer (breadth-first; -1: unreachable)."""
+    adj: dict[int, set[int]] = {p: set() for p in range(cfg.peers)}
+    for a, b in edges(cfg):
+        adj[a].add(b)
+        adj[b].add(a)
+    hops = [-1] * cfg.peers
+    hops[origin], frontier = 0, [origin]
+    while frontier:
+        nxt = []
+        for p in frontier:
+            for nb in adj[p]:
+                if hops[nb] < 0:
+                    hops[nb] = hops[p] + 1
+                    nxt.append(nb)
+        frontier = nxt
+    return hops
+
+
+def relay_targets(cfg: Config, peer_id: int) -> dict[int, tuple[int, ...]]:
+    """For each origin, the neighbours of ``peer_id`` farther from it than ``peer_id`` is: where
+    ``topology.relay: shortest_paths`` forwards that origin's updates.
+
+    An origin is left out (its updates flood) when some peer two or more hops from it would have
+    only one nearer neighbour: one lost or dead relay would cut it off, where flooding still
+    brings a copy the long way round (a ring is such a graph for every origin).
+    """
+    adj = {p: neighbours(cfg, p) for p in range(cfg.peers)}
+    out = {}
+    for origin in range(cfg.peers):
+        if origin == peer_id:
+            continue
+        hops = hops_from(cfg, origin)
+        nearer = [sum(hops[n] == hops[p] - 1 for n in adj[p]) for p in range(cfg.peers)]
+        if all(nearer[p] >= 2 for p in range(cfg.peers) if hops[p] >= 2):
+            out[origin] = tuple(n for n in adj[peer_id] if hops[n] > hops[peer_id])
+    return out
+
+
 def check_connected(cfg: Config) -> None:
     """Raise ConfigError when some peer cannot reach another even through relays."""
     if cfg.peers == 1:
