@@ -245,11 +245,13 @@ def test_a_late_joiner_is_judged_on_the_step_a_neighbour_met_it_at():
     hello = dict(node_id=1, schema_hash=HASH, config_hash="ours", address="tcp://x:1", epochs=1)
     p.handle(1, wire.pack_hello(step=0, **hello))  # stale: queued by ZeroMQ before we listened
     assert p.dispatcher.neighbour_step == {1: 0} and p.dispatcher.they_met_us == {}
-    p.handle(1, wire.pack_heartbeat(node_id=1, step=300, epoch=2, step_when_met=290))  # the answer
+    p.handle(1, wire.pack_heartbeat(node_id=1, step=40, epoch=0))  # stale too: sent before it heard us (0)
+    assert p.dispatcher.they_met_us == {}
+    p.handle(1, wire.pack_heartbeat(node_id=1, step=300, epoch=2, step_when_met=291))  # the answer: met at 290
     p.handle(1, wire.pack_hello(step=0, **hello))  # a late Hello does not undo what a heartbeat said
     assert p.dispatcher.neighbour_step == {1: 300} and p.dispatcher.they_met_us == {1: 290}
     p.handle(2, wire.pack_hello(step=0, **{**hello, "node_id": 2}))
-    p.handle(2, wire.pack_heartbeat(node_id=2, step=400, epoch=3, step_when_met=0))  # met us at its start
+    p.handle(2, wire.pack_heartbeat(node_id=2, step=400, epoch=3, step_when_met=1))  # met us at its start (step 0)
     assert pick_source(0, p.dispatcher.they_met_us, {1, 2}, 100, resume=False) == 1
     assert pick_source(0, {2: 0}, {1, 2}, 100, resume=False) is None  # 400 now, but we met at 0
     assert pick_source(0, p.dispatcher.neighbour_step, {1, 2}, 100, resume=True) == 2  # resumed: steps now
@@ -285,7 +287,10 @@ def test_a_fresh_peer_waits_for_heartbeats_not_hellos_before_it_decides():
         task = asyncio.create_task(p.catchup.run(worker, bridge, p.dispatcher, resume=False, timeout_s=0.5))
         await asyncio.sleep(0.3)
         assert not task.done() and not p.catchup.active  # still waiting for a heartbeat
-        p.handle(1, wire.pack_heartbeat(node_id=1, step=25, epoch=2, step_when_met=20))
+        p.handle(1, wire.pack_heartbeat(node_id=1, step=25, epoch=2))  # queued before it heard us: no news
+        await asyncio.sleep(0.1)
+        assert not task.done() and not p.catchup.active
+        p.handle(1, wire.pack_heartbeat(node_id=1, step=25, epoch=2, step_when_met=21))
         await asyncio.sleep(0.2)
         assert p.catchup.active and p.catchup.source == 1  # asked for its state
         await task  # nobody answers here: gives up after timeout_s

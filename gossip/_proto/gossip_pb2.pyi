@@ -448,7 +448,7 @@ class Heartbeat(google.protobuf.message.Message):
     step_when_met: builtins.int
     """its own heartbeat, and a count that stops moving tells the receiver that its
     link to the sender carries nothing (gossip.runtime.linkwatch)
-    sender's global step when it first heard the receiver (or heard it again after
+    0: the sender has not heard the receiver yet (ZeroMQ may deliver such a beat,
     """
     def __init__(
         self,

@@ -160,7 +160,8 @@ class Dispatcher:
             self.deliver(msg)
         elif isinstance(msg, wire.Heartbeat):
             self.neighbour_step[sender] = msg.step
-            self.they_met_us[sender] = msg.step_when_met
+            if msg.step_when_met:  # 0: sent before it heard us (perhaps queued since its start): no news
+                self.they_met_us[sender] = msg.step_when_met - 1
             if self.on_heartbeat is not None:
                 self.on_heartbeat(sender, msg.heard_from_you)
         elif isinstance(msg, wire.StateRequest):

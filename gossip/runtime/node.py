@@ -288,9 +288,9 @@ class Peer:
         """A heartbeat to ``nbr`` now; also the answer to its Hello (a late joiner decides on it)."""
         p = self.worker.progress  # plain attributes the thread writes: no lock
         heard = getattr(self.transport, "heard_from", lambda n: 0)(nbr)
-        met = self.dispatcher.met_at.get(nbr, p.global_step)
+        met = self.dispatcher.met_at.get(nbr)  # not heard yet: say nothing (0), the beat may arrive late
         self.transport.send(nbr, wire.pack_heartbeat(node_id=self.peer_id, step=p.global_step, epoch=p.epoch,
-                                                     heard_from_you=heard, step_when_met=met))
+                                                     heard_from_you=heard, step_when_met=0 if met is None else met + 1))
 
     def _link_report(self, nbr: int, heard_from_you: int) -> None:
         if self.link_watch is not None:
