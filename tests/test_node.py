@@ -461,3 +461,25 @@ def test_a_state_request_during_a_long_batch_does_not_stall_heartbeats(data_root
         assert gap > 2.0  # the harness sees a stalled loop
     else:
         assert gap < 1.5, f"heartbeats stalled for {gap:.2f} s while a batch held the training lock"
+
+
+def test_a_neighbour_that_never_answers_does_not_hold_the_start():
+    """Once one neighbour answered (met us at its start: nobody is ahead), a silent one (an insider
+    that only says Hello) gets ANSWER_GRACE_S, not the whole PROGRESS_WAIT_S."""
+    from gossip.runtime import catchup as cu
+    p = Parts()
+    hello = dict(schema_hash=HASH, config_hash="ours", address="tcp://x:1", epochs=1)
+    worker = fake_worker(steps_per_epoch=10)
+    bridge = SimpleNamespace(stop=threading.Event(), drain=list, to_thread=lambda item: None)
+
+    async def main() -> float:
+        p.handle(1, wire.pack_hello(node_id=1, step=0, **hello))
+        p.handle(2, wire.pack_hello(node_id=2, step=0, **hello))  # never answers
+        p.handle(1, wire.pack_heartbeat(node_id=1, step=3, epoch=0, step_when_met=1))
+        t0 = time.monotonic()
+        await p.catchup.run(worker, bridge, p.dispatcher, resume=False, timeout_s=0.5)
+        return time.monotonic() - t0
+
+    waited = asyncio.run(asyncio.wait_for(main(), 5))
+    assert cu.ANSWER_GRACE_S <= waited < cu.PROGRESS_WAIT_S / 2 and not p.catchup.active
+    assert not any(isinstance(wire.unpack(d, LIMITS), wire.StateRequest) for _, d in p.link.sent)

@@ -164,7 +164,8 @@ def test_outsiders_and_an_insider_cannot_speak_for_a_peer(data_root, tmp_path):
         takeover = a.dealer(VICTIM, b"p1", "insider")
         takeover.send(a.update(IMPERSONATED, 5001, huge=True))
         # replay of captured updates with fresh seqs: as peer 1 (from_id 3, node_id 1), and keyless
-        for i, frame in enumerate(a.captured[:10]):
+        replays = a.captured[:10]  # what the insider has by now (peers start training a moment after meeting)
+        for i, frame in enumerate(replays):
             insiders[VICTIM].send(replayed(frame, 6000 + i, from_id=3))
             squat["none"].send(replayed(frame, 7000 + i))
         for frame in spoofed_control(a):
@@ -184,8 +185,8 @@ def test_outsiders_and_an_insider_cannot_speak_for_a_peer(data_root, tmp_path):
     assert counted.get("unauthenticated", 0) >= 1, counted  # keyless: no CURVE handshake
     assert counted.get("unknown_key", 0) >= 1, counted      # a key of no peer
     assert counted.get("identity_taken", 0) >= 1, counted   # peer 3's key announcing p1
-    # 10 replays (another peer's node_id on a full mesh, or the victim's own: bad_node_id) + 10 control
-    assert counted.get("spoofed_node_id", 0) + counted.get("bad_node_id", 0) >= 20, counted
+    # every replay (another peer's node_id on a full mesh, or the victim's own: bad_node_id) + 10 control
+    assert counted.get("spoofed_node_id", 0) + counted.get("bad_node_id", 0) >= len(replays) + 10, counted
     # nothing from anyone but peers 1 and 2 was applied, and all of theirs was: peer 1 was never cut
     # off, and no squatted seq kept one of its real updates out
     for p in (1, 2):

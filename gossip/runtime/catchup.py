@@ -24,7 +24,9 @@ Who is a late joiner is judged on the step each neighbour had *when it met us* (
 says it: ``step_when_met``), a full epoch or more, not on its step now: with epochs of a fraction
 of a second, peers that met at the start may be an epoch apart by the time a lost answer comes
 round, and Hellos queued in ZeroMQ before we listened (step 0) reach a late joiner first. So a
-fresh peer waits for a heartbeat of every neighbour it heard (``PROGRESS_WAIT_S`` at most).
+fresh peer waits for the heartbeats that answer its Hello: until every neighbour it heard has
+answered, one answer shows it a full epoch behind, ``ANSWER_GRACE_S`` after the first answer, or
+``PROGRESS_WAIT_S`` at most.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ log = get_logger(__name__)
 # is itself starting says its step in its Hello (no wait); one that is training answers our Hello
 # with a heartbeat once its reconnect to us (up to 1 s) is through, and beats every second anyway.
 PROGRESS_WAIT_S = 3.0
+# Once one neighbour has answered, the others get this long: a peer that never answers (not a
+# peer of ours, or one stuck) must not hold our start for PROGRESS_WAIT_S.
+ANSWER_GRACE_S = 0.3
 POLL_S = 0.02
 
 
@@ -106,11 +111,17 @@ class CatchUp:
         # a resumed peer judges the neighbours' steps now (it met them long ago); a fresh one, theirs
         # when they met it (neither a lost answer nor a stale Hello makes it a late joiner)
         steps = meeting.neighbour_step if resume else meeting.they_met_us
+        own, spe = worker.progress.global_step, worker.trainer.steps_per_epoch
         deadline = time.monotonic() + PROGRESS_WAIT_S
+        first: float | None = None
         while meeting.heard - set(meeting.they_met_us) and time.monotonic() < deadline:
+            if meeting.they_met_us:
+                first = time.monotonic() if first is None else first
+                if (pick_source(own, steps, meeting.heard, spe, resume=resume) is not None
+                        or time.monotonic() - first >= ANSWER_GRACE_S):
+                    break
             await asyncio.sleep(0.05)
-        own = worker.progress.global_step
-        source = pick_source(own, steps, meeting.heard, worker.trainer.steps_per_epoch, resume=resume)
+        source = pick_source(own, steps, meeting.heard, spe, resume=resume)
         if source is None:
             return
         log.info("catch_up_start", source=source, their_step=meeting.neighbour_step.get(source, steps[source]),
