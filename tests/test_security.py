@@ -14,6 +14,7 @@ A second test squats a peer's port before that peer starts.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ from gossip.training.models import build_model
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = {"data.limit_train": 9000, "data.limit_test": 2000, "train.epochs": 2, "timeouts.startup_s": 30}
+SETTINGS = {"data.limit_train": 9000, "data.limit_test": 2000, "train.epochs": 3, "timeouts.startup_s": 30}
 TOLERANCE = 0.003  # 0.3 points
 VICTIM, IMPERSONATED = 0, 1
 
@@ -167,7 +168,8 @@ def test_outsiders_and_an_insider_cannot_speak_for_a_peer(data_root, tmp_path):
         replays = a.captured[:10]  # what the insider has by now (peers start training a moment after meeting)
         for i, frame in enumerate(replays):
             insiders[VICTIM].send(replayed(frame, 6000 + i, from_id=3))
-            squat["none"].send(replayed(frame, 7000 + i))
+            with contextlib.suppress(zmq.Again):  # its pipe may be full: the handshake never completes
+                squat["none"].send(replayed(frame, 7000 + i), zmq.NOBLOCK)
         for frame in spoofed_control(a):
             insiders[VICTIM].send(frame)
         time.sleep(1.5)  # the victim counts all that; then the takeover connection leaves
