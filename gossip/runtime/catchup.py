@@ -156,8 +156,7 @@ class CatchUp:
         worker.applied.load_state_dict(holds)  # the worker folds in exactly what the state lacks
         self.ledger.load_state_dict(holds)     # seen: the state's, and (below) what came meanwhile
         updates = [u for u in (*queued, *self.held) if isinstance(u, wire.DecodedUpdate)]
-        sets = {o: (h[0], set(h[1:])) for o, h in holds.items()}
-        fresh = [u for u in updates if not (u.seq < sets[u.node_id][0] or u.seq in sets[u.node_id][1])]
+        fresh = [u for u in updates if not worker.applied.seen(u.node_id, u.seq)]
         for u in updates:
             self.ledger.first_time(u.node_id, u.seq)
         keep: list[ToThread] = [item for item in queued if isinstance(item, StateAsked)]

@@ -7,7 +7,8 @@ another peer), and routes it:
 
 * an update: dropped when out of the de-duplication window or seen before (counted as a
   duplicate), else recorded in the ledger, relayed on sparse topologies (the parsed envelope
-  re-addressed) to the neighbours farther from its origin (``topology.relay``), and handed to the training thread (or only
+  re-addressed; to every other neighbour, or under ``topology.relay: shortest_paths`` only to
+  those farther from its origin), and handed to the training thread (or only
   counted while catching up: the awaited state holds it);
 * Done: the two-phase finish (:mod:`gossip.runtime.membership`), relayed the first time;
 * Heartbeat, Hello, StateRequest, StateChunk, ResendRequest: to their owners.
