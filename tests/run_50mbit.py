@@ -40,7 +40,8 @@ try:
     for i in range(t.PEERS):
         s = (t.events(out, i, "adapt_summary") or [{}])[-1]
         print(f"  peer {i}: {res[i]['test_accuracy']:.4f} held {s.get('held_batches')} lowest {s.get('lowest_density')} "
-              f"values {s.get('values')} gap {s.get('sync_gap')} changes {s.get('changes')}")
+              f"values {s.get('values')} gap {s.get('sync_gap')} changes {s.get('changes')} "
+              f"stall-held {s.get('stalled_decisions')} worst stall {res[i]['adapt'].get('worst_stall_s')} s")
 finally:
     with contextlib.suppress(StopIteration):
         next(gen)  # the fixture's teardown: the namespaces go

@@ -90,6 +90,66 @@ def test_a_backlog_over_target_holds_the_next_sync_at_once():
     assert t.observe(0.1, 1.0, hold=True) is None and t.observe(0.1, 1.0) == "confidence"
 
 
+class StallingLink(FakeLink):
+    """10 Gbps, but for ``stall`` seconds out of every ``period`` the starved receiver reads 1 MB/s."""
+
+    def __init__(self, stall: float, period: float) -> None:
+        super().__init__(1.25e9)
+        self.stall, self.period, self.t = stall, period, 0.0
+
+    def run(self, seconds: float, offer: float) -> dict[str, int]:
+        self.t += seconds
+        self.rate = 1 * MB if (self.t % self.period) < self.stall else 1.25e9
+        return super().run(seconds, offer)
+
+
+def drive_stalls(a: Adapter, clock: Clock, link: StallingLink, seconds: float, report: float) -> list[str]:
+    why = []
+    for _ in range(int(seconds / 0.5)):
+        clock.advance(0.5)
+        offer = 0.0 if a.hold else 20 * MB * a.scale / a.min_gap
+        got = a.observe({"1": link.run(0.5, offer)}, stalled={"1": report} if report else None)
+        why += [got] if got else []
+    return why
+
+
+def test_a_receiver_that_says_it_stalled_holds_syncs_and_keeps_the_density():
+    a, clock = adapter()
+    link = StallingLink(stall=3.0, period=5.0)  # its heartbeats: stalled_ms 3000
+    held = []
+    for _ in range(80):
+        drive_stalls(a, clock, link, 0.5, report=3.0)
+        held.append(a.hold)
+    assert a.scale == 1.0 and a.changes == 0 and a.stalled_decisions > 0
+    assert any(held) and not all(held)  # the syncs wait while the receiver is stalled, not after
+    b, clock_b = adapter()  # the same link without the receiver's word: the backlog looks like the link's
+    drive_stalls(b, clock_b, StallingLink(stall=3.0, period=5.0), 40.0, report=0.0)
+    assert b.changes > 0 and b.scale < 1.0 and b.stalled_decisions == 0
+
+
+def test_a_short_stall_does_not_excuse_a_slow_link():
+    a, clock = adapter()
+    slow = FakeLink(6.25 * MB)
+    for _ in range(80):  # 40 s at 50 Mbit with a 0.2 s hiccup reported all the time
+        clock.advance(0.5)
+        offer = 0.0 if a.hold else 20 * MB * a.scale / a.min_gap
+        a.observe({"1": slow.run(0.5, offer)}, own_stall=0.2, stalled={"1": 0.2})
+    assert 0.1 < a.scale < 0.5 and a.stalled_decisions <= 2
+
+
+def test_one_decision_over_the_target_does_not_lower_the_density():
+    a, clock = adapter()
+    link = FakeLink(6.25 * MB)
+    seen = []  # (decisions in a row over the target, what the tick decided)
+    for _ in range(20):
+        clock.advance(0.5)
+        why = a.observe({"1": link.run(0.5, 0.0 if a.hold else 20 * MB)})
+        seen.append((a.over, why))
+    first = next(i for i, (_, why) in enumerate(seen) if why)
+    assert seen[first] == (2, "backlog_over_target")
+    assert any(over == 1 and why is None for over, why in seen[:first])
+
+
 def test_density_never_falls_below_min_density_then_the_sync_gap_grows():
     a, clock = adapter("communication.min_density=0.01")
     crawl = FakeLink(0.05 * MB)

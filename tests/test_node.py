@@ -274,6 +274,14 @@ def test_our_heartbeats_say_the_step_we_met_each_neighbour_at():
     assert p.dispatcher.met_at == {1: 90, 2: 50}
 
 
+def test_a_neighbours_stall_report_is_kept_with_when_it_came():
+    p = Parts()
+    p.handle(1, wire.pack_heartbeat(node_id=1, step=3, epoch=0, stalled_ms=1500))
+    p.clock.advance(2.0)
+    p.handle(2, wire.pack_heartbeat(node_id=2, step=3, epoch=0))
+    assert p.dispatcher.stalled == {1: (1.5, 1000.0), 2: (0.0, 1002.0)}
+
+
 def test_a_fresh_peer_waits_for_heartbeats_not_hellos_before_it_decides():
     """Hellos alone (step 0, maybe stale) do not end the wait; the heartbeat that says the
     neighbour met us a full epoch along makes us load its state."""

@@ -437,6 +437,7 @@ class Heartbeat(google.protobuf.message.Message):
     EPOCH_FIELD_NUMBER: builtins.int
     HEARD_FROM_YOU_FIELD_NUMBER: builtins.int
     STEP_WHEN_MET_FIELD_NUMBER: builtins.int
+    STALLED_MS_FIELD_NUMBER: builtins.int
     node_id: builtins.int
     """sender's node id"""
     step: builtins.int
@@ -450,6 +451,13 @@ class Heartbeat(google.protobuf.message.Message):
     link to the sender carries nothing (gossip.runtime.linkwatch)
     0: the sender has not heard the receiver yet (ZeroMQ may deliver such a beat,
     """
+    stalled_ms: builtins.int
+    """queued before the receiver listened, long after); else 1 + the sender's global
+    step when it first heard the receiver (or heard it again after marking it down):
+    a fresh peer whose neighbour was a full epoch along when they met is a late
+    joiner and loads that neighbour's state (gossip.runtime.catchup)
+    the longest the sender's event loop lagged, or its inbox stayed non-empty,
+    """
     def __init__(
         self,
         *,
@@ -458,8 +466,9 @@ class Heartbeat(google.protobuf.message.Message):
         epoch: builtins.int = ...,
         heard_from_you: builtins.int = ...,
         step_when_met: builtins.int = ...,
+        stalled_ms: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["epoch", b"epoch", "heard_from_you", b"heard_from_you", "node_id", b"node_id", "step", b"step", "step_when_met", b"step_when_met"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["epoch", b"epoch", "heard_from_you", b"heard_from_you", "node_id", b"node_id", "stalled_ms", b"stalled_ms", "step", b"step", "step_when_met", b"step_when_met"]) -> None: ...
 
 global___Heartbeat = Heartbeat
 

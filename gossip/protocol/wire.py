@@ -31,8 +31,7 @@ __all__ = [
     "MAX_RESEND_SEQS", "MAX_STATE_ABOVE", "PROTOCOL_VERSION", "REASONS", "DecodedUpdate", "Done", "Heartbeat", "Hello", "Limits",
     "Message", "ResendRequest", "Snapshot", "StateChunk", "StateRequest", "pack_done", "pack_heartbeat",
     "pack_hello", "pack_resend_request", "pack_snapshot", "pack_state_chunks", "pack_state_request",
-    "pack_update", "relay", "unpack",
-    "unpack_envelope",
+    "pack_update", "relay", "unpack", "unpack_envelope",
 ]
 
 MAX_CONFIG_HASH_CHARS = 64
@@ -42,6 +41,7 @@ STATE_CHUNK_BYTES = 4 << 20  # fp32 bytes per StateChunk: 1 Mi elements, well un
 # ~10 bytes per seq); a receiver with more gaps asks again on its next round (gossip.runtime.resend).
 MAX_RESEND_SEQS = 64
 MAX_STATE_ABOVE = 4096  # out-of-order seqs per origin a state may list as held (StateChunk.applied)
+MAX_STALLED_MS = 3_600_000  # Heartbeat.stalled_ms: an hour; more is a lie
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ class Heartbeat:
     epoch: int
     heard_from_you: int = 0
     step_when_met: int = 0
+    stalled_ms: int = 0  # its recent loop lag or inbox backlog (gossip.runtime.stall)
 
 
 @dataclass(frozen=True)
@@ -164,10 +165,11 @@ def pack_hello(*, node_id: int, schema_hash: int, config_hash: str, address: str
     return env.SerializeToString()
 
 
-def pack_heartbeat(*, node_id: int, step: int, epoch: int, heard_from_you: int = 0, step_when_met: int = 0) -> bytes:
+def pack_heartbeat(*, node_id: int, step: int, epoch: int, heard_from_you: int = 0, step_when_met: int = 0,
+                   stalled_ms: int = 0) -> bytes:
     env = _envelope(node_id)
     env.heartbeat.CopyFrom(pb.Heartbeat(node_id=node_id, step=step, epoch=epoch, heard_from_you=heard_from_you,
-                                        step_when_met=step_when_met))
+                                        step_when_met=step_when_met, stalled_ms=min(stalled_ms, MAX_STALLED_MS)))
     return env.SerializeToString()
 
 
@@ -344,10 +346,12 @@ def _body(env: pb.Envelope, limits: Limits, size: int) -> Message:
     if kind == "hello":
         return _hello(env, limits)
     if kind == "heartbeat":
+        if env.heartbeat.stalled_ms > MAX_STALLED_MS:
+            reject("bad_field", f"heartbeat stalled_ms {env.heartbeat.stalled_ms}")
         return Heartbeat(node_id=_node(env.heartbeat.node_id, limits, "node_id"),
                          step=int(env.heartbeat.step), epoch=int(env.heartbeat.epoch),
                          heard_from_you=int(env.heartbeat.heard_from_you),
-                         step_when_met=int(env.heartbeat.step_when_met))
+                         step_when_met=int(env.heartbeat.step_when_met), stalled_ms=int(env.heartbeat.stalled_ms))
     if kind == "done":
         if env.done.last_seq < -1:
             reject("bad_field", f"done last_seq {env.done.last_seq}")

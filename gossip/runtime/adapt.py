@@ -4,7 +4,8 @@
 every link's counters (:meth:`gossip.runtime.transport.Transport.link_stats`): ``bytes_sent``
 (taken by ZeroMQ), ``bytes_queued`` (accepted) and ``bytes_unsent`` (the backlog). Per link it
 keeps the achieved throughput (bytes sent per second, measured only over intervals the link was
-busy at both ends, so an idle link does not look slow) and the backlog in seconds (``unsent /
+busy throughout and sent less than it held at the start, so neither an idle link nor one small
+message waiting behind ZeroMQ's pipe looks slow) and the backlog in seconds (``unsent /
 throughput``). The worst live link decides, because every update goes to every neighbour.
 The thread multiplies the density of each encode by :attr:`Adapter.scale`, syncs at most
 every :attr:`Adapter.min_gap` batches, and defers a sync while :attr:`Adapter.hold` (a live
@@ -29,6 +30,15 @@ Tuning guide (``communication:`` keys):
   up, the sync gap doubles (up to ``MAX_GAP`` batches), and halves back first when it can.
 * ``adapt_interval_s: 1.0`` — seconds between two decisions. Shorter reacts sooner but judges
   on fewer messages (updates leave in bursts, one per sync).
+
+A backlog is not always the link's: when this peer's own event loop, or the receiver's (its
+heartbeats say so, :mod:`gossip.runtime.stall`), recently stalled for ``STALL_SHARE`` of the
+target backlog or longer, the CPU may explain it (16 peers on 2 cores; a training thread holding
+the GIL), and the throughput measured meanwhile is the starved reader's, not the link's: the sync
+is held while the backlog lasts, and the density stays (logged as ``adapt_stalled``, counted in
+the summary) until the reports are quiet again. And the density falls only once the backlog has been over the target at
+``PERSIST`` decisions in a row: a receiver's stall shows at the sender before its report arrives,
+and it clears as soon as the receiver reads again, which a slow link does not.
 
 A decrease aims the offered rate (bytes queued per second) at ``UTIL`` of the throughput,
 less what drains the backlog above the target within ``adapt_target_backlog_s``; it is never
@@ -63,6 +73,8 @@ MAX_GAP = 16  # batches between syncs at most (at the density floor)
 EMA = 0.5  # weight of the newest throughput sample
 PROBE_AFTER = 10  # quiet decisions after which the density rises even if the last throughput says no
 WAIT_LOG_S = 5.0
+PERSIST = 2  # decisions in a row over the target before the density falls (a stall's report may be on its way)
+STALL_SHARE = 0.5  # a stall of this share of the target backlog (or more): hold, do not cut the density
 LADDER = ("fp32", "fp16", "int8")  # value codecs a shrinking byte budget steps through, in order
 VALUE_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0}  # per kept value (int8's per-chunk scales aside)
 INDEX_BYTES = 0.5  # per kept element: Rice-coded gaps at a few per cent density, about 4 bits  # waiting_for_neighbours: one line per this many seconds at most
@@ -96,6 +108,11 @@ class Adapter:
     changes: int = 0
     lowest: float = 1.0
     quiet: int = 0  # decisions in a row with nothing queued on any live link
+    over: int = 0  # decisions in a row with a live link over the target backlog
+    own_stall: float = 0.0  # seconds: this peer's recent loop stall (gossip.runtime.stall)
+    stalled: dict[str, float] = field(default_factory=dict)  # the receivers' recent stalls, by link
+    stalled_decisions: int = 0  # decisions that held the density because a stall explained the backlog
+    _stall_logged: tuple[float, int] = (-math.inf, 0)
 
     @property
     def enabled(self) -> bool:
@@ -126,9 +143,12 @@ class Adapter:
                 return self.density, values
         return max(self.cfg.min_density, density), values
 
-    def observe(self, stats: dict[str, dict[str, int]], down: frozenset[str] = frozenset()) -> str | None:
-        """Take the links' counters now; decide when due. Returns why the setting changed, or None."""
+    def observe(self, stats: dict[str, dict[str, int]], down: frozenset[str] = frozenset(), *,
+                own_stall: float = 0.0, stalled: dict[str, float] | None = None) -> str | None:
+        """Take the links' counters now (and the recent stalls, here and at each receiver, in seconds);
+        decide when due. Returns why the setting changed, or None."""
         now = self.clock()
+        self.own_stall, self.stalled = own_stall, stalled or {}
         for name, c in stats.items():
             self._sample(name, c, now)
         if not self.enabled:
@@ -164,7 +184,10 @@ class Adapter:
         dt = now - s.at
         if dt <= 0:
             return
-        if s.unsent > 0 and unsent > 0 and sent > s.sent:  # busy the whole interval: its capacity
+        # The link's capacity shows only in an interval it was busy throughout and could not even
+        # drain what it held at the start (a heartbeat queued behind ZeroMQ's full pipe moves 40
+        # bytes in a second: that is the pipe, not the link's rate).
+        if s.unsent > 0 and unsent > 0 and 0 < sent - s.sent < s.unsent:
             rate = (sent - s.sent) / dt
             s.throughput = rate if s.throughput is None else EMA * rate + (1 - EMA) * s.throughput
         s.offered = EMA * max(0, queued - s.queued) / dt + (1 - EMA) * s.offered
@@ -178,6 +201,13 @@ class Adapter:
         if name is not None and worst > target:
             s = links[name]
             assert s.throughput is not None
+            self.over += 1
+            stall = max(self.own_stall, self.stalled.get(name, 0.0))
+            if stall >= STALL_SHARE * target:
+                self._note_stall(name, s, stall)
+                return None  # the CPU, not the link: the hold (every tick) is what helps
+            if self.over < PERSIST:
+                return None
             # drain what is above the target within one target period, on top of UTIL of the link
             want = max(0.1 * s.throughput, UTIL * s.throughput - (s.unsent - target * s.throughput) / target)
             if s.offered <= want:
@@ -188,6 +218,7 @@ class Adapter:
             if self.min_gap < MAX_GAP:
                 return self._set(self.scale, min(MAX_GAP, self.min_gap * 2), name, s, "backlog_at_density_floor")
             return None
+        self.over = 0
         self.quiet = self.quiet + 1 if worst == 0.0 else 0
         if worst < LOW_FRACTION * target and (self.scale < 1.0 or self.min_gap > 1) and self._room(links):
             s = links[name] if name is not None else _LinkState()
@@ -195,6 +226,17 @@ class Adapter:
                 return self._set(self.scale, self.min_gap // 2, name, s, "backlog_low")
             return self._set(min(1.0, self.scale * UP), 1, name, s, "backlog_low")
         return None  # between the thresholds: hold (hysteresis)
+
+    def _note_stall(self, link: str, s: _LinkState, stall: float) -> None:
+        """One ``adapt_stalled`` line per WAIT_LOG_S at most, with the decisions held since the last."""
+        self.stalled_decisions += 1
+        now = self.clock()
+        at, count = self._stall_logged
+        if now - at >= WAIT_LOG_S:
+            log.info("adapt_stalled", link=link, decisions=self.stalled_decisions - count,
+                     stall_s=round(stall, 3), own_stall_s=round(self.own_stall, 3),
+                     backlog_s=round(self.backlog_s, 2), backlog_bytes=s.unsent, density=round(self.current_density, 6))
+            self._stall_logged = (now, self.stalled_decisions)
 
     def _room(self, links: dict[str, _LinkState]) -> bool:
         """Would one step up still fit every busy link (UTIL of its throughput)? After PROBE_AFTER
@@ -235,6 +277,7 @@ class Adapter:
     def summary(self) -> None:
         if self.enabled:
             log.info("adapt_summary", changes=self.changes, held_batches=self.held_batches,
+                     stalled_decisions=self.stalled_decisions,
                      density=round(self.current_density, 6),
                      lowest_density=round(self.settings(self.lowest)[0], 6), values=self.settings()[1],
                      sync_gap=self.min_gap)

@@ -89,6 +89,7 @@ class Dispatcher:
         self.relay_to = relay_to  # origin -> neighbours farther from it (topology.relay_targets); None: flood
         self.met_at: dict[int, int] = {}      # our step when we (re)met each neighbour: told in our heartbeats
         self.they_met_us: dict[int, int] = {}  # each neighbour's step when it (re)met us: from its heartbeats
+        self.stalled: dict[int, tuple[float, float]] = {}  # (its recent stall in s, when we heard it): adapt
         sec = SecurityConfig() if security is None else security
         self.rates = RateLimiter(sec.rate_scale, clock)
         counters.log.interval_s = sec.reject_log_interval_s
@@ -161,6 +162,7 @@ class Dispatcher:
             self.deliver(msg)
         elif isinstance(msg, wire.Heartbeat):
             self.neighbour_step[sender] = msg.step
+            self.stalled[sender] = (msg.stalled_ms / 1000, now)
             if msg.step_when_met:  # 0: sent before it heard us (perhaps queued since its start): no news
                 self.they_met_us[sender] = msg.step_when_met - 1
             if self.on_heartbeat is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import signal
 import threading
 import time
@@ -40,7 +41,7 @@ from gossip.errors import PeerError
 from gossip.observe.log import get_logger
 from gossip.observe.telemetry import TelemetryPublisher
 from gossip.protocol import wire
-from gossip.runtime import adapt, checkpoint, curve, topology
+from gossip.runtime import adapt, checkpoint, curve, stall, topology
 from gossip.runtime.bridge import (
     FINISHED,
     Bridge,
@@ -58,6 +59,7 @@ from gossip.runtime.linkwatch import LinkWatch
 from gossip.runtime.membership import Membership
 from gossip.runtime.outcome import Counters, counters, write_result
 from gossip.runtime.resend import Resender
+from gossip.runtime.stall import Stall
 from gossip.runtime.transport import Transport
 from gossip.runtime.trigger import FINAL
 from gossip.runtime.worker import Worker
@@ -86,6 +88,7 @@ class Peer:
         self.counters = Counters()
         self.resend = Resender(peer_id)
         self.fatal: PeerError | None = None
+        self.stall = Stall()  # this process's loop lag and inbox backlog: told in heartbeats (adapt)
 
     # ================================================================ the whole life
     async def run(self) -> dict[str, Any]:
@@ -104,8 +107,8 @@ class Peer:
         self.telemetry = TelemetryPublisher(self.cfg, self.peer_id)
         self.assemble(worker, self.bridge, self.transport)
         tasks: list[asyncio.Task[Any]] = [asyncio.create_task(coro, name=name) for name, coro in (
-            ("receive", self.dispatcher.receive(self.transport.recv)), ("outbox", self._outbox()),
-            ("tick", self._tick()))]
+            ("receive", self.dispatcher.receive(self._recv)), ("outbox", self._outbox()),
+            ("tick", self._tick()), ("stall", self.stall.watch()))]
         try:
             await self._meet_neighbours()
             self.states.thread_starts()  # state requests now queue for the thread (catchup)
@@ -254,6 +257,11 @@ class Peer:
             for chunk in item.chunks:
                 self.transport.send(item.requester, chunk)
 
+    async def _recv(self) -> tuple[int | None, list[bytes]]:
+        got = await self.transport.recv()
+        self.stall.inbox(self.transport.inbox_waiting())
+        return got
+
     async def _tick(self) -> None:
         last_beat = 0.0
         while True:
@@ -276,9 +284,20 @@ class Peer:
         views = self.ledger.views
         down = frozenset(str(n) for n in self.neighbours if views[n].down)
         stats: dict[str, dict[str, int]] = getattr(self.transport, "link_stats", dict)()  # in-memory links: none
-        self.worker.adapter.observe(stats, down)
+        self.worker.adapter.observe(stats, down, own_stall=self.stall.recent(), stalled=self.stalled(time.monotonic()))
         self.worker.lead.slowest = adapt.slowest_step(  # a finished or down neighbour holds nobody
             self.dispatcher.neighbour_step, lambda n: not views[n].down and views[n].last_seq is None)
+
+    def stalled(self, now: float) -> dict[str, float]:
+        """Each neighbour's recent stall in seconds: what its heartbeats say (while the report covers),
+        or how much longer than a heartbeat period it has been silent (a stalled peer says nothing;
+        a slow link still brings its messages, only later)."""
+        out = {}
+        for n in self.neighbours:
+            said, at = self.dispatcher.stalled.get(n, (0.0, -math.inf))
+            silent = now - self.ledger.views[n].last_heard - HEARTBEAT_EVERY_S
+            out[str(n)] = max(said if now - at <= stall.RECENT_S else 0.0, silent, 0.0)
+        return out
 
     def beat(self) -> None:
         for nbr in self.neighbours:  # one each: it says what we heard from that neighbour
@@ -290,7 +309,8 @@ class Peer:
         heard = getattr(self.transport, "heard_from", lambda n: 0)(nbr)
         met = self.dispatcher.met_at.get(nbr)  # not heard yet: say nothing (0), the beat may arrive late
         self.transport.send(nbr, wire.pack_heartbeat(node_id=self.peer_id, step=p.global_step, epoch=p.epoch,
-                                                     heard_from_you=heard, step_when_met=0 if met is None else met + 1))
+                                                     heard_from_you=heard, step_when_met=0 if met is None else met + 1,
+                                                     stalled_ms=self.stall.report_ms()))
 
     def _link_report(self, nbr: int, heard_from_you: int) -> None:
         if self.link_watch is not None:
@@ -330,7 +350,9 @@ class Peer:
             "state_from": self.catchup.source, "finish_reason": self.membership.finish_reason,
             "adapt": {"density": self.worker.adapter.current_density, "changes": self.worker.adapter.changes,
                       "lowest_density": self.worker.adapter.settings(self.worker.adapter.lowest)[0],
-                      "lead_waits": self.worker.lead.waits, "lead_wait_s": round(self.worker.lead.waited_s, 3)},
+                      "lead_waits": self.worker.lead.waits, "lead_wait_s": round(self.worker.lead.waited_s, 3),
+                      "stalled_decisions": self.worker.adapter.stalled_decisions,
+                      "worst_stall_s": round(self.stall.worst, 3)},
         }
         write_result(self.run_dir, self.peer_id, result)
         return result

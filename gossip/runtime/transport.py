@@ -308,6 +308,10 @@ class Transport:
             sender, frames = await curve.recv_signed(self.inbox, parse_identity, self.on_refused)
         return sender, frames[1:]
 
+    def inbox_waiting(self) -> bool:
+        """Does the inbox already hold the next frame? (gossip.runtime.stall)"""
+        return self.inbox is not None and bool(int(self.inbox.get(zmq.EVENTS)) & zmq.POLLIN)
+
     def _count_in(self, link: Link | None, size: int, messages: int) -> None:
         if link is not None:
             link.bytes_received += size
