@@ -4,8 +4,7 @@
 every link's counters (:meth:`gossip.runtime.transport.Transport.link_stats`): ``bytes_sent``
 (taken by ZeroMQ), ``bytes_queued`` (accepted) and ``bytes_unsent`` (the backlog). Per link it
 keeps the achieved throughput (bytes sent per second, measured only over intervals the link was
-busy throughout and sent less than it held at the start, so neither an idle link nor one small
-message waiting behind ZeroMQ's pipe looks slow) and the backlog in seconds (``unsent /
+busy at both ends, so an idle link does not look slow) and the backlog in seconds (``unsent /
 throughput``). The worst live link decides, because every update goes to every neighbour.
 The thread multiplies the density of each encode by :attr:`Adapter.scale`, syncs at most
 every :attr:`Adapter.min_gap` batches, and defers a sync while :attr:`Adapter.hold` (a live
@@ -36,9 +35,8 @@ heartbeats say so, :mod:`gossip.runtime.stall`), recently stalled for ``STALL_SH
 target backlog or longer, the CPU may explain it (16 peers on 2 cores; a training thread holding
 the GIL), and the throughput measured meanwhile is the starved reader's, not the link's: the sync
 is held while the backlog lasts, and the density stays (logged as ``adapt_stalled``, counted in
-the summary) until the reports are quiet again. And the density falls only once the backlog has been over the target at
-``PERSIST`` decisions in a row: a receiver's stall shows at the sender before its report arrives,
-and it clears as soon as the receiver reads again, which a slow link does not.
+the summary) until the reports are quiet again. Less than ``MIN_BACKLOG_BYTES`` waiting is no
+backlog at all.
 
 A decrease aims the offered rate (bytes queued per second) at ``UTIL`` of the throughput,
 less what drains the backlog above the target within ``adapt_target_backlog_s``; it is never
@@ -73,7 +71,7 @@ MAX_GAP = 16  # batches between syncs at most (at the density floor)
 EMA = 0.5  # weight of the newest throughput sample
 PROBE_AFTER = 10  # quiet decisions after which the density rises even if the last throughput says no
 WAIT_LOG_S = 5.0
-PERSIST = 2  # decisions in a row over the target before the density falls (a stall's report may be on its way)
+MIN_BACKLOG_BYTES = 16384  # less waiting is no backlog (0.13 s even at 1 Mbit/s)
 STALL_SHARE = 0.5  # a stall of this share of the target backlog (or more): hold, do not cut the density
 LADDER = ("fp32", "fp16", "int8")  # value codecs a shrinking byte budget steps through, in order
 VALUE_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0}  # per kept value (int8's per-chunk scales aside)
@@ -108,7 +106,6 @@ class Adapter:
     changes: int = 0
     lowest: float = 1.0
     quiet: int = 0  # decisions in a row with nothing queued on any live link
-    over: int = 0  # decisions in a row with a live link over the target backlog
     own_stall: float = 0.0  # seconds: this peer's recent loop stall (gossip.runtime.stall)
     stalled: dict[str, float] = field(default_factory=dict)  # the receivers' recent stalls, by link
     stalled_decisions: int = 0  # decisions that held the density because a stall explained the backlog
@@ -168,8 +165,11 @@ class Adapter:
         """The largest backlog in seconds among ``links``, and whose."""
         worst, name = 0.0, None
         for n, s in links.items():
-            if s.unsent <= 0 or s.throughput is None:
-                continue  # nothing waiting, or never busy long enough to measure: not a bottleneck
+            if s.unsent < MIN_BACKLOG_BYTES or s.throughput is None:
+                # nothing (or a heartbeat) waiting, or never busy long enough to measure: not a
+                # bottleneck. A heartbeat behind ZeroMQ's full pipe moves 40 bytes in a second:
+                # "0.0 Mbit/s", a backlog of seconds, once cut the density to a hundredth.
+                continue
             backlog = s.unsent / s.throughput
             if backlog > worst:
                 worst, name = backlog, n
@@ -184,10 +184,7 @@ class Adapter:
         dt = now - s.at
         if dt <= 0:
             return
-        # The link's capacity shows only in an interval it was busy throughout and could not even
-        # drain what it held at the start (a heartbeat queued behind ZeroMQ's full pipe moves 40
-        # bytes in a second: that is the pipe, not the link's rate).
-        if s.unsent > 0 and unsent > 0 and 0 < sent - s.sent < s.unsent:
+        if s.unsent > 0 and unsent > 0 and sent > s.sent:  # busy the whole interval: its capacity
             rate = (sent - s.sent) / dt
             s.throughput = rate if s.throughput is None else EMA * rate + (1 - EMA) * s.throughput
         s.offered = EMA * max(0, queued - s.queued) / dt + (1 - EMA) * s.offered
@@ -201,13 +198,10 @@ class Adapter:
         if name is not None and worst > target:
             s = links[name]
             assert s.throughput is not None
-            self.over += 1
             stall = max(self.own_stall, self.stalled.get(name, 0.0))
             if stall >= STALL_SHARE * target:
                 self._note_stall(name, s, stall)
                 return None  # the CPU, not the link: the hold (every tick) is what helps
-            if self.over < PERSIST:
-                return None
             # drain what is above the target within one target period, on top of UTIL of the link
             want = max(0.1 * s.throughput, UTIL * s.throughput - (s.unsent - target * s.throughput) / target)
             if s.offered <= want:
@@ -218,7 +212,6 @@ class Adapter:
             if self.min_gap < MAX_GAP:
                 return self._set(self.scale, min(MAX_GAP, self.min_gap * 2), name, s, "backlog_at_density_floor")
             return None
-        self.over = 0
         self.quiet = self.quiet + 1 if worst == 0.0 else 0
         if worst < LOW_FRACTION * target and (self.scale < 1.0 or self.min_gap > 1) and self._room(links):
             s = links[name] if name is not None else _LinkState()
