@@ -79,11 +79,18 @@ def _train(cfg: Config, run_dir: Path, progress: StepCallback | None) -> dict[st
 
     history: list[dict[str, Any]] = []
     train_start = time.perf_counter()
+    non_finite = 0  # steps Trainer.step skipped: a NaN or infinite loss or gradient
     for epoch in range(trainer.epochs):
         epoch_start, epoch_cpu = time.perf_counter(), time.process_time()
         loss_sum, conf_sum, samples = 0.0, 0.0, 0
         for step, (x, y) in enumerate(trainer.batches(epoch)):
             stats = trainer.step(x, y)
+            if stats.skipped:
+                non_finite += 1
+                if non_finite == 1 or non_finite % 100 == 0:
+                    log.warning("step_non_finite", epoch=epoch, step=step, loss=stats.loss,
+                                grad_norm=stats.grad_norm, skipped=non_finite)
+                continue
             loss_sum += stats.loss * stats.batch_size
             conf_sum += stats.confidence * stats.batch_size
             samples += stats.batch_size
@@ -93,8 +100,8 @@ def _train(cfg: Config, run_dir: Path, progress: StepCallback | None) -> dict[st
         test = trainer.evaluate(dataset.test)
         record = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum / samples,
-            "train_confidence": conf_sum / samples,
+            "train_loss": loss_sum / samples if samples else float("nan"),
+            "train_confidence": conf_sum / samples if samples else float("nan"),
             "test_loss": test["loss"],
             "test_accuracy": test["accuracy"],
             "epoch_s": time.perf_counter() - epoch_start,
@@ -126,6 +133,7 @@ def _train(cfg: Config, run_dir: Path, progress: StepCallback | None) -> dict[st
         "test_accuracy": history[-1]["test_accuracy"],
         "test_loss": history[-1]["test_loss"],
         "history": history,
+        "non_finite_steps": non_finite,
     }
     tmp = run_dir / f".result.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -37,7 +37,10 @@ class Codistill:
         p = w.progress
         stats = w.trainer.step(x, y, extra=self.distiller.term(p.global_step))
         p.step, p.global_step = step + 1, p.global_step + 1
-        p.loss, p.confidence = stats.loss, stats.confidence
+        if stats.skipped:
+            w.note_non_finite(stats)
+        else:
+            p.loss, p.confidence = stats.loss, stats.confidence
         if p.global_step % self.distiller.every == 0:
             self.send_snapshot()
             self.distiller.forget_stale(p.global_step)

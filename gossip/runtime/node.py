@@ -346,6 +346,7 @@ class Peer:
             "peers_down": self.ledger.down(), "wall_s": round(time.monotonic() - self.t_start, 3),
             "applied_by_origin": {str(k): v for k, v in sorted(p.applied_by_origin.items())},
             "updates_lost": c.updates_lost, "skipped_before_state": c.skipped_before_state,
+            "non_finite_steps": p.non_finite_steps,
             "inbox_resets": self.transport.inbox_resets, "next_seq": self.worker.seq,
             "state_from": self.catchup.source, "finish_reason": self.membership.finish_reason,
             "adapt": {"density": self.worker.adapter.current_density, "changes": self.worker.adapter.changes,

@@ -28,6 +28,7 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
     applied_by_origin: dict[int, int] = field(default_factory=dict)  # folded-in updates per originator
     snapshots_applied: int = 0  # neighbours' snapshots taken as teachers (communication.mode: codistill)
+    non_finite_steps: int = 0  # local steps skipped: their loss or gradient was NaN or infinite
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -36,6 +37,7 @@ class Progress:
             "rejected_by_policy": dict(self.rejected_by_policy),
             "applied_by_origin": dict(self.applied_by_origin), "history": list(self.history),
             "test_accuracy": self.test_accuracy, "snapshots_applied": self.snapshots_applied,
+            "non_finite_steps": self.non_finite_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -47,3 +49,4 @@ class Progress:
         self.history = list(state["history"])
         self.test_accuracy = state["test_accuracy"]
         self.snapshots_applied = int(state.get("snapshots_applied", 0))
+        self.non_finite_steps = int(state.get("non_finite_steps", 0))

@@ -24,6 +24,7 @@ This module touches no socket: everything crosses :class:`gossip.runtime.bridge.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -60,13 +61,14 @@ from gossip.sim import attacks
 from gossip.training.data import Dataset, Split
 from gossip.training.outer import make_outer
 from gossip.training.partition import partition, share_of_down
-from gossip.training.trainer import Trainer
+from gossip.training.trainer import StepStats, Trainer
 
 log = get_logger(__name__)
 
 __all__ = ["FINISHED", "Progress", "Worker"]  # FINISHED (loop -> thread) lives in gossip.runtime.bridge
 EPOCH_EVAL_SAMPLES = 2000  # test samples scored at the end of each epoch but the last
 WAIT_POLL_S = 0.1
+NON_FINITE_WARN_EVERY = 100  # a skipped step warns on the 1st, then every 100th (the epoch's record counts all)
 
 
 class Worker:
@@ -144,7 +146,8 @@ class Worker:
                 with self.state_lock:
                     self.take(self.bridge.drain())
                     loss = self.train_batch(x, y, step)
-                loss_sum, batches = loss_sum + loss, batches + 1
+                if math.isfinite(loss):  # a skipped step (Trainer.step) is no sample of the loss
+                    loss_sum, batches = loss_sum + loss, batches + 1
             self._end_epoch(epoch, loss_sum / max(1, batches), time.monotonic() - t0)
             if self.checkpointer is not None and self.checkpointer.due(epoch + 1):
                 with self.state_lock:
@@ -159,17 +162,29 @@ class Worker:
         tr = self.trainer
         self._prev.copy_(tr.flat)
         stats = tr.step(x, y)
+        p = self.progress
+        p.step, p.global_step = step + 1, p.global_step + 1
+        if stats.skipped:  # the weights did not move: no delta, and no NaN for the trigger's averages
+            self.note_non_finite(stats)
+            return stats.loss
         torch.sub(tr.flat, self._prev, out=self._delta)
         if self.exact:  # the model moves only by what is sent (see send_update)
             tr.flat.copy_(self._prev)
         self.feedback.add(self._delta)
-        p = self.progress
-        p.step, p.global_step = step + 1, p.global_step + 1
         p.loss, p.confidence = stats.loss, stats.confidence
         reason = self.trigger.observe(stats.confidence, stats.grad_norm, self.adapter.min_gap, self.adapter.holding())
         if reason is not None:
             self.send_update(reason)
         return stats.loss
+
+    def note_non_finite(self, stats: StepStats) -> None:
+        """Count a step Trainer.step skipped (NaN/inf loss or gradient): a corrupt sample costs one
+        batch. Many in a row mean weights an overflow broke, which this does not repair."""
+        p = self.progress
+        p.non_finite_steps += 1
+        if p.non_finite_steps == 1 or p.non_finite_steps % NON_FINITE_WARN_EVERY == 0:
+            log.warning("step_non_finite", epoch=p.epoch, step=p.step, loss=stats.loss, grad_norm=stats.grad_norm,
+                        skipped=p.non_finite_steps)
 
     def adopt_shards(self, down: tuple[int, ...]) -> None:
         """Train this epoch on our share of the ``down`` peers' shards too (``data.adopt_down_shards``).
@@ -317,6 +332,8 @@ class Worker:
     def _end_epoch(self, epoch: int, train_loss: float, seconds: float) -> None:
         last = epoch == self.cfg.train.epochs - 1
         record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "seconds": round(seconds, 3)}
+        if self.progress.non_finite_steps:
+            record["non_finite_steps"] = self.progress.non_finite_steps  # so far, all epochs
         if not last:
             test = self.dataset.test
             n = min(EPOCH_EVAL_SAMPLES, len(test.labels))

@@ -78,6 +78,7 @@ class StepStats:
     confidence: float  # mean max-softmax probability over the batch
     grad_norm: float  # L2 norm of the whole gradient before the optimizer step
     batch_size: int
+    skipped: bool = False  # the loss or gradient was not finite: the weights did not move
 
 
 def _mix(seed: int, epoch: int) -> int:
@@ -164,6 +165,10 @@ class Trainer:
             self.model.get_submodule(owner)._buffers[attr] = self.flat[offset:offset + n].view(b.shape)
             offset += n
         self.velocity = torch.zeros_like(self.flat)  # SGD momentum buffer
+        # A forward pass moves the BatchNorm running statistics before the loss is known: a skipped
+        # step (see step) puts them back from this copy, taken before each forward (a few KB).
+        self._bn = [b for _, b in _bn_stats(self.model)]
+        self._bn_before = [b.clone() for b in self._bn]
         self.model.train()
         self.macs = count_macs(self.model, tuple(train.images.shape[1:]))  # per sample, one forward pass
         log.info("trainer_ready", params=numel, tensors=len(params), train_samples=len(train), peak_lr=self.peak_lr,
@@ -229,6 +234,8 @@ class Trainer:
         """Forward, backward, SGD update of ``self.flat``, advance the schedule. ``extra(logits, x)``:
         a loss term added to the cross-entropy (codistillation's, gossip.training.distill)."""
         self.grad.zero_()
+        for saved, buf in zip(self._bn_before, self._bn, strict=True):
+            saved.copy_(buf)
         with self._autocast():
             logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
@@ -238,10 +245,21 @@ class Trainer:
         with torch.no_grad():
             grad_norm = torch.linalg.vector_norm(self.grad)
             confidence = logits.detach().float().softmax(dim=1).amax(dim=1).mean()
-            self._sgd(self.lr_at(self.step_count))
-        self.step_count += 1
+        # One host sync per step, as before, but ahead of the update: a NaN or inf taken into the
+        # weights stays there (every later loss is NaN, the encoder drops every delta), so such a
+        # step (a corrupt sample, an overflow) is skipped whole: weights, momentum and BatchNorm
+        # statistics stay. The schedule still advances: it counts batches, and checkpoints resume
+        # by data position.
         loss_v, conf_v, norm_v = torch.stack([loss.detach(), confidence, grad_norm]).tolist()
-        return StepStats(loss_v, conf_v, norm_v, int(y.shape[0]))
+        finite = math.isfinite(loss_v) and math.isfinite(norm_v)
+        with torch.no_grad():
+            if finite:
+                self._sgd(self.lr_at(self.step_count))
+            else:
+                for saved, buf in zip(self._bn_before, self._bn, strict=True):
+                    buf.copy_(saved)
+        self.step_count += 1
+        return StepStats(loss_v, conf_v, norm_v, int(y.shape[0]), skipped=not finite)
 
     def _sgd(self, lr: float) -> None:
         g = self.grad
