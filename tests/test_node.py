@@ -64,7 +64,9 @@ class Parts:
             0, list(neighbours), relay=relay, limits=LIMITS, config_hash="ours", ledger=self.ledger,
             counters=self.counters, membership=self.membership, catchup=self.catchup,
             resend=Resender(0, self.clock), link=self.link, deliver=self.delivered.append,
-            ask_state=self.asked.append, on_fatal=self.fatal.append, clock=self.clock, greet=self.greeted.append)
+            ask_state=self.asked.append, on_fatal=self.fatal.append, clock=self.clock, greet=self.greeted.append,
+            on_step=lambda: self.step_news.append(dict(self.dispatcher.neighbour_step)))
+        self.step_news: list[dict[int, int]] = []
 
     def handle(self, sender, *frames: bytes) -> None:
         self.dispatcher.handle(sender, list(frames))
@@ -94,6 +96,22 @@ def test_spoofed_identities_are_rejected_and_counted():
     assert p.delivered == [] and p.asked == [] and p.link.sent == []
     p.handle(1, wire.pack_state_request(node_id=1, schema_hash=HASH))
     assert p.asked == [1]  # the genuine request goes to the state server
+
+
+def test_a_neighbours_own_update_tells_its_step_and_a_relayed_one_does_not():
+    """The lead bound's news: an update a neighbour originated says its step at encoding (every
+    sync, where heartbeats come once a second); an older one (a resent copy) never moves it back."""
+    p = Parts(neighbours=(1, 2), relay=True)
+    p.handle(1, wire.pack_heartbeat(node_id=1, step=3, epoch=0))
+    p.handle(1, update(1, 7))  # update(origin, seq) encodes at step = seq
+    assert p.dispatcher.neighbour_step == {1: 7} and p.step_news == [{1: 7}]
+    p.handle(1, update(1, 5))  # older: no news
+    p.handle(1, update(2, 40, via=1))  # peer 2's update relayed by 1: says nothing of 1's step
+    assert p.dispatcher.neighbour_step == {1: 7} and p.step_news == [{1: 7}]
+    p.handle(2, update(2, 9))
+    assert p.dispatcher.neighbour_step == {1: 7, 2: 9} and len(p.step_news) == 2
+    p.handle(1, wire.pack_heartbeat(node_id=1, step=2, epoch=0))  # a restarted neighbour: heartbeats tell the truth
+    assert p.dispatcher.neighbour_step[1] == 2
 
 
 def test_duplicates_are_dropped_and_new_updates_delivered_once():

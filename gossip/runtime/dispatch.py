@@ -64,7 +64,7 @@ class Dispatcher:
                  on_fatal: Callable[[PeerError], None], clock: Callable[[], float] = time.monotonic,
                  security: SecurityConfig | None = None, greet: Callable[[int], None] | None = None,
                  on_heartbeat: Callable[[int, int], None] | None = None,
-                 own_step: Callable[[], int] = lambda: 0,
+                 own_step: Callable[[], int] = lambda: 0, on_step: Callable[[], None] | None = None,
                  relay_to: dict[int, tuple[int, ...]] | None = None) -> None:
         self.peer_id = peer_id
         self.neighbours = neighbours
@@ -84,7 +84,8 @@ class Dispatcher:
         self.on_heartbeat = on_heartbeat  # (sender, heard_from_you): is our link to it alive? (LinkWatch)
         self.clock = clock
         self.heard: set[int] = set()  # neighbours that have said anything valid
-        self.neighbour_step: dict[int, int] = {}  # global step from each neighbour's heartbeats
+        self.neighbour_step: dict[int, int] = {}  # global step from each neighbour's heartbeats and own updates
+        self.on_step = on_step  # a neighbour's own update told a newer step (the lead bound's news)
         self.own_step = own_step
         self.relay_to = relay_to  # origin -> neighbours farther from it (topology.relay_targets); None: flood
         self.met_at: dict[int, int] = {}      # our step when we (re)met each neighbour: told in our heartbeats
@@ -211,6 +212,13 @@ class Dispatcher:
             return
         self.ledger.heard(update.node_id, now)
         self.membership.news(update.node_id, now)
+        if update.node_id == sender and update.step > self.neighbour_step.get(sender, -1):
+            # Its own update says where it stood when it encoded it: news every sync, where
+            # heartbeats come once a second (a bound of 20 steps would otherwise hold any peer
+            # that steps faster than ~20 per second). A lie only frees us from waiting for it.
+            self.neighbour_step[sender] = update.step
+            if self.on_step is not None:
+                self.on_step()
         self.resend.arrived(update.node_id, update.seq)
         if self.relay:
             self.counters.updates_sent += self.link.broadcast(wire.relay(env, from_id=self.peer_id),

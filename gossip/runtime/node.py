@@ -170,7 +170,7 @@ class Peer:
             membership=self.membership, catchup=self.catchup, resend=self.resend, link=transport,
             deliver=bridge.to_thread, ask_state=self.states.asked, on_fatal=self._on_fatal,
             security=cfg.security, greet=self.greet, on_heartbeat=self._link_report,
-            own_step=lambda: worker.progress.global_step,
+            own_step=lambda: worker.progress.global_step, on_step=self.refresh_lead,
             relay_to=topology.relay_targets(cfg, self.peer_id) if cfg.topology.relay == "shortest_paths" else None)
         reconnect = getattr(transport, "reconnect", None)  # in-memory links (tests) never die
         self.link_watch = None if reconnect is None else LinkWatch(
@@ -285,7 +285,13 @@ class Peer:
         down = frozenset(str(n) for n in self.neighbours if views[n].down)
         stats: dict[str, dict[str, int]] = getattr(self.transport, "link_stats", dict)()  # in-memory links: none
         self.worker.adapter.observe(stats, down, own_stall=self.stall.recent(), stalled=self.stalled(time.monotonic()))
-        self.worker.lead.slowest = adapt.slowest_step(  # a finished or down neighbour holds nobody
+        self.refresh_lead()
+
+    def refresh_lead(self) -> None:
+        """The slowest live, unfinished neighbour's step for the lead bound (a finished or down
+        neighbour holds nobody): at every pace, and whenever a neighbour's own update tells a newer step."""
+        views = self.ledger.views
+        self.worker.lead.slowest = adapt.slowest_step(
             self.dispatcher.neighbour_step, lambda n: not views[n].down and views[n].last_seq is None)
 
     def stalled(self, now: float) -> dict[str, float]:
