@@ -273,9 +273,11 @@ class GradUpdate(google.protobuf.message.Message):
     seq: builtins.int
     """originator's update counter, 0, 1, 2, ...; (node_id, seq) is unique"""
     step: builtins.int
-    """originator's global optimizer step when it encoded this update"""
+    """originator's global optimizer step when it encoded this update (a direct"""
     epoch: builtins.int
-    """originator's epoch (0-based) at that step"""
+    """neighbour's own update also tells the receiver's lead bound where it is)
+    originator's epoch (0-based) at that step
+    """
     schema_hash: builtins.int
     """64-bit hash of the model's parameter names and shapes (Layout.schema_hash)"""
     confidence_score: builtins.float
