@@ -12,7 +12,7 @@ import pytest
 from gossip import config
 from gossip.protocol import wire
 from gossip.runtime import membership
-from gossip.runtime.adapt import MAX_GAP, Adapter, LeadBound, slowest_step
+from gossip.runtime.adapt import MAX_GAP, Adapter, LeadBound, lead_holders, slowest_step
 from gossip.runtime.ledger import Ledger
 from gossip.runtime.membership import Membership
 from gossip.runtime.outcome import Counters
@@ -223,6 +223,21 @@ def test_the_lead_bound_waits_for_the_slowest_live_neighbour():
     lead.slowest = slowest_step(steps, lambda n: False)  # nobody live: nobody to wait for
     assert lead.slowest is None and not lead.blocks(10_000)
     assert lead.wait(lambda: 10_000, pause, lambda: False) == 0.0
+
+
+def test_a_neighbour_whose_step_stands_still_holds_nobody():
+    """A stuck peer (or one that lies about its step while it keeps talking, so it is never marked
+    down) would hold a bounded swarm for ever: after the silence period it holds nobody, and its
+    step moving again makes it count once more."""
+    steps, moved = {1: 50, 2: 80, 3: 10}, {1: 100.0, 2: 100.0, 3: 100.0}
+    live = lambda n: n != 3  # noqa: E731 - 3 is down: neither held nor stuck
+    assert lead_holders(steps, moved, 110.0, 15.0, live) == (50, set())
+    assert lead_holders(steps, moved, 115.5, 15.0, live) == (None, {1, 2})  # both stood still
+    moved[2] = 115.0  # 2 moved on: it holds again, 1 (still at 50) does not
+    assert lead_holders(steps, moved, 116.0, 15.0, live) == (80, {1})
+    moved[1], steps[1] = 116.0, 51
+    assert lead_holders(steps, moved, 116.5, 15.0, live) == (51, set())
+    assert lead_holders(steps, {}, 1e9, 15.0, live) == (51, set())  # no record: never judged stuck
 
 
 def test_no_bound_and_stop_never_hang():

@@ -112,6 +112,16 @@ def test_a_neighbours_own_update_tells_its_step_and_a_relayed_one_does_not():
     assert p.dispatcher.neighbour_step == {1: 7, 2: 9} and len(p.step_news) == 2
     p.handle(1, wire.pack_heartbeat(node_id=1, step=2, epoch=0))  # a restarted neighbour: heartbeats tell the truth
     assert p.dispatcher.neighbour_step[1] == 2
+    # when each step last moved (a step that stands still for the silence period holds nobody)
+    moved = p.dispatcher.step_moved_at[1]
+    p.clock.advance(3)
+    p.handle(1, wire.pack_heartbeat(node_id=1, step=2, epoch=0))  # the same step: no movement
+    assert p.dispatcher.step_moved_at[1] == moved
+    p.handle(1, wire.pack_heartbeat(node_id=1, step=3, epoch=0))
+    assert p.dispatcher.step_moved_at[1] == moved + 3
+    p.clock.advance(1)
+    p.handle(1, update(1, 8))
+    assert p.dispatcher.step_moved_at[1] == moved + 4 and p.dispatcher.neighbour_step[1] == 8
 
 
 def test_duplicates_are_dropped_and_new_updates_delivered_once():

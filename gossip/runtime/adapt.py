@@ -332,3 +332,16 @@ def slowest_step(steps: dict[int, int], live: Callable[[int], bool]) -> int | No
     """The lowest heartbeat step among the neighbours ``live`` says may still hold us."""
     held = [s for n, s in list(steps.items()) if live(n)]
     return min(held, default=None)
+
+
+def lead_holders(steps: dict[int, int], moved_at: dict[int, float], now: float, stuck_s: float,
+                 live: Callable[[int], bool]) -> tuple[int | None, set[int]]:
+    """(the slowest step among the ``live`` neighbours whose step moved within ``stuck_s``, the
+    live ones whose step has stood still for longer).
+
+    The slowest peer of a swarm is never held itself, so a step that stands still for the silence
+    period belongs to a peer that is stuck or lies about its step while it keeps talking (and so
+    is never marked down): it holds nobody until its step moves again.
+    """
+    stuck = {n for n in list(steps) if live(n) and now - moved_at.get(n, now) > stuck_s}
+    return slowest_step(steps, lambda n: live(n) and n not in stuck), stuck

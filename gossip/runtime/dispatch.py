@@ -85,6 +85,7 @@ class Dispatcher:
         self.clock = clock
         self.heard: set[int] = set()  # neighbours that have said anything valid
         self.neighbour_step: dict[int, int] = {}  # global step from each neighbour's heartbeats and own updates
+        self.step_moved_at: dict[int, float] = {}  # when each neighbour's step last changed (the lead bound)
         self.on_step = on_step  # a neighbour's own update told a newer step (the lead bound's news)
         self.own_step = own_step
         self.relay_to = relay_to  # origin -> neighbours farther from it (topology.relay_targets); None: flood
@@ -162,7 +163,8 @@ class Dispatcher:
         elif isinstance(msg, wire.Snapshot):  # a teacher (codistill): the training thread judges it
             self.deliver(msg)
         elif isinstance(msg, wire.Heartbeat):
-            self.neighbour_step[sender] = msg.step
+            if self.neighbour_step.get(sender) != msg.step:
+                self.neighbour_step[sender], self.step_moved_at[sender] = msg.step, now
             self.stalled[sender] = (msg.stalled_ms / 1000, now)
             if msg.step_when_met:  # 0: sent before it heard us (perhaps queued since its start): no news
                 self.they_met_us[sender] = msg.step_when_met - 1
@@ -180,6 +182,7 @@ class Dispatcher:
             self.catchup.offer(sender, msg)
         elif isinstance(msg, wire.Hello):
             self.neighbour_step.setdefault(sender, msg.step)  # still meeting: where it starts
+            self.step_moved_at.setdefault(sender, now)
             self._on_hello(sender, msg)
         elif isinstance(msg, wire.Done):
             self._on_done(sender, msg, env)
@@ -216,7 +219,7 @@ class Dispatcher:
             # Its own update says where it stood when it encoded it: news every sync, where
             # heartbeats come once a second (a bound of 20 steps would otherwise hold any peer
             # that steps faster than ~20 per second). A lie only frees us from waiting for it.
-            self.neighbour_step[sender] = update.step
+            self.neighbour_step[sender], self.step_moved_at[sender] = update.step, now
             if self.on_step is not None:
                 self.on_step()
         self.resend.arrived(update.node_id, update.seq)

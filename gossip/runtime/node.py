@@ -89,6 +89,7 @@ class Peer:
         self.resend = Resender(peer_id)
         self.fatal: PeerError | None = None
         self.stall = Stall()  # this process's loop lag and inbox backlog: told in heartbeats (adapt)
+        self.lead_stuck: set[int] = set()  # neighbours whose step stood still too long: holding nobody
 
     # ================================================================ the whole life
     async def run(self) -> dict[str, Any]:
@@ -289,10 +290,17 @@ class Peer:
 
     def refresh_lead(self) -> None:
         """The slowest live, unfinished neighbour's step for the lead bound (a finished or down
-        neighbour holds nobody): at every pace, and whenever a neighbour's own update tells a newer step."""
-        views = self.ledger.views
-        self.worker.lead.slowest = adapt.slowest_step(
-            self.dispatcher.neighbour_step, lambda n: not views[n].down and views[n].last_seq is None)
+        neighbour holds nobody, nor one whose step stood still for the silence period: see
+        adapt.lead_holders): at every pace, and whenever a neighbour's own update tells a newer step."""
+        views, d = self.ledger.views, self.dispatcher
+        slowest, stuck = adapt.lead_holders(d.neighbour_step, d.step_moved_at, time.monotonic(),
+                                            self.cfg.timeouts.silence_s,
+                                            lambda n: not views[n].down and views[n].last_seq is None)
+        for n in sorted(stuck - self.lead_stuck):
+            log.warning("lead_neighbour_stuck", neighbour=n, step=d.neighbour_step.get(n),
+                        still_s=round(time.monotonic() - d.step_moved_at.get(n, 0.0), 1))
+        self.lead_stuck = stuck
+        self.worker.lead.slowest = slowest
 
     def stalled(self, now: float) -> dict[str, float]:
         """Each neighbour's recent stall in seconds: what its heartbeats say (while the report covers),
