@@ -148,7 +148,7 @@ class Worker:
                     loss = self.train_batch(x, y, step)
                 if math.isfinite(loss):  # a skipped step (Trainer.step) is no sample of the loss
                     loss_sum, batches = loss_sum + loss, batches + 1
-            self._end_epoch(epoch, loss_sum / max(1, batches), time.monotonic() - t0)
+            self._end_epoch(epoch, loss_sum / batches if batches else float("nan"), time.monotonic() - t0)
             if self.checkpointer is not None and self.checkpointer.due(epoch + 1):
                 with self.state_lock:
                     self.take(self.bridge.drain())  # what has arrived is in the checkpoint
