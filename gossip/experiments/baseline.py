@@ -61,7 +61,7 @@ def _train(cfg: Config, run_dir: Path, progress: StepCallback | None) -> dict[st
 
     from gossip.training.data import load_dataset
     from gossip.training.models import build_model, count_params
-    from gossip.training.trainer import Trainer, resolve_device, set_threads
+    from gossip.training.trainer import Trainer, resolve_device, set_threads, warn_non_finite
 
     log.info("config_resolved", config=config_mod.to_dict(cfg), config_hash=config_mod.config_hash(cfg))
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -87,9 +87,7 @@ def _train(cfg: Config, run_dir: Path, progress: StepCallback | None) -> dict[st
             stats = trainer.step(x, y)
             if stats.skipped:
                 non_finite += 1
-                if non_finite == 1 or non_finite % 100 == 0:
-                    log.warning("step_non_finite", epoch=epoch, step=step, loss=stats.loss,
-                                grad_norm=stats.grad_norm, skipped=non_finite)
+                warn_non_finite(non_finite, stats, epoch=epoch, step=step)
                 continue
             loss_sum += stats.loss * stats.batch_size
             conf_sum += stats.confidence * stats.batch_size

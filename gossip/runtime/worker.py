@@ -61,14 +61,13 @@ from gossip.sim import attacks
 from gossip.training.data import Dataset, Split
 from gossip.training.outer import make_outer
 from gossip.training.partition import partition, share_of_down
-from gossip.training.trainer import StepStats, Trainer
+from gossip.training.trainer import StepStats, Trainer, warn_non_finite
 
 log = get_logger(__name__)
 
 __all__ = ["FINISHED", "Progress", "Worker"]  # FINISHED (loop -> thread) lives in gossip.runtime.bridge
 EPOCH_EVAL_SAMPLES = 2000  # test samples scored at the end of each epoch but the last
 WAIT_POLL_S = 0.1
-NON_FINITE_WARN_EVERY = 100  # a skipped step warns on the 1st, then every 100th (the epoch's record counts all)
 
 
 class Worker:
@@ -182,9 +181,7 @@ class Worker:
         batch. Many in a row mean weights an overflow broke, which this does not repair."""
         p = self.progress
         p.non_finite_steps += 1
-        if p.non_finite_steps == 1 or p.non_finite_steps % NON_FINITE_WARN_EVERY == 0:
-            log.warning("step_non_finite", epoch=p.epoch, step=p.step, loss=stats.loss, grad_norm=stats.grad_norm,
-                        skipped=p.non_finite_steps)
+        warn_non_finite(p.non_finite_steps, stats, epoch=p.epoch, step=p.step)
 
     def adopt_shards(self, down: tuple[int, ...]) -> None:
         """Train this epoch on our share of the ``down`` peers' shards too (``data.adopt_down_shards``).

@@ -81,6 +81,15 @@ class StepStats:
     skipped: bool = False  # the loss or gradient was not finite: the weights did not move
 
 
+NON_FINITE_WARN_EVERY = 100  # a skipped step warns on the 1st, then every 100th (the count keeps them all)
+
+
+def warn_non_finite(skipped: int, stats: StepStats, **where: Any) -> None:
+    """``step_non_finite`` for the ``skipped``-th step :meth:`Trainer.step` skipped, if it is one to tell."""
+    if skipped == 1 or skipped % NON_FINITE_WARN_EVERY == 0:
+        log.warning("step_non_finite", **where, loss=stats.loss, grad_norm=stats.grad_norm, skipped=skipped)
+
+
 def _mix(seed: int, epoch: int) -> int:
     """A well-spread 63-bit generator seed for (seed, epoch)."""
     return (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (2**63)
