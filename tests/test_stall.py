@@ -68,6 +68,26 @@ def test_an_inbox_that_stays_full_counts_until_it_empties():
     assert s.recent() == 0.0 and s.worst == pytest.approx(2.0)
 
 
+def test_many_short_stalls_add_up_within_the_window():
+    # A peer starved of CPU stalls often and briefly; each short stall lets its senders' queues
+    # grow, so the window's stalls are summed, not only the longest (gossip.runtime.stall).
+    clock = Clock()
+    s = Stall(clock=clock, recent_s=3.0)
+    for _ in range(6):  # 0.12 s late every 0.4 s: never long, 30% of the time
+        clock.advance(0.4)
+        s.lag(0.12)
+    assert s.recent() == pytest.approx(0.72)
+    for _ in range(5):  # and the inbox non-empty 0.2 s at a time
+        s.inbox(True)
+        clock.advance(0.2)
+        s.inbox(False)
+        clock.advance(0.1)
+    assert s.recent() == pytest.approx(1.0)  # the inbox's 5 x 0.2 s, more than the 4 lags left (0.48 s)
+    s.lag(0.04)  # a loop turn's jitter is no stall
+    clock.advance(3.1)
+    assert s.recent() == 0.0 and s.worst == pytest.approx(0.2)
+
+
 def test_the_heartbeat_carries_the_stall_and_a_lie_is_refused():
     beat = wire.unpack(wire.pack_heartbeat(node_id=2, step=5, epoch=0, stalled_ms=1234), LIMITS)
     assert isinstance(beat, wire.Heartbeat) and beat.stalled_ms == 1234

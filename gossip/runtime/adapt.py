@@ -19,11 +19,17 @@ Tuning guide (``communication:`` keys):
 * ``adapt_target_backlog_s: 1.0`` — the backlog (seconds of sending at the measured throughput)
   above which the density falls. It is about the delay an update waits behind others before it
   leaves: lower it for fresher updates at the price of fewer kept elements; raise it when the
-  throughput is jumpy. Density rises again, by ``UP`` per decision, once the backlog is under
-  ``LOW_FRACTION`` of the target and one step up still fits ``UTIL`` of the measured throughput
-  (the gap between the two thresholds is the hysteresis: no flapping); after ``PROBE_AFTER``
-  decisions in a row with nothing queued it rises anyway, a step per decision until a backlog
-  shows (the link may have got faster: an idle link is not measured).
+  throughput is jumpy. Density rises again once the backlog is under ``LOW_FRACTION`` of the
+  target and the next setting still fits ``UTIL`` of the measured throughput (the gap between the
+  two thresholds is the hysteresis: no flapping). The next setting is ``UP`` times the bytes, or
+  the next value codec up the ladder at the configured density where bytes stand still in between
+  (int8 at the configured density, say, until fp16 fits: +67%, then fp32: +80%), and the fit is
+  judged on those real bytes. After ``PROBE_AFTER`` decisions in a row with nothing queued it
+  rises anyway, a *probe* (the link may have got faster: an idle link is not measured), one step
+  per ``PROBE_GAP`` decisions, so that a backlog has time to show before the next: the buffers
+  below this process (ZeroMQ's, the kernel's TCP send buffer, a router's queue) hide the first
+  seconds of an overload. A probe that ends in a cut doubles the quiet decisions the next one
+  waits for, up to ``MAX_PROBE_AFTER``.
 * ``min_density: 0.0005`` — the floor of the adapted density (kept / eligible elements; the
   configured ``codec.density`` is the ceiling). At the floor, when the link still cannot keep
   up, the sync gap doubles (up to ``MAX_GAP`` batches), and halves back first when it can.
@@ -70,6 +76,8 @@ LOW_FRACTION = 0.25  # rise only under this share of the target backlog (hystere
 MAX_GAP = 16  # batches between syncs at most (at the density floor)
 EMA = 0.5  # weight of the newest throughput sample
 PROBE_AFTER = 10  # quiet decisions after which the density rises even if the last throughput says no
+PROBE_GAP = 4  # decisions between two probes: time for the first one's backlog to show
+MAX_PROBE_AFTER = 40  # quiet decisions before a probe, at most, after probes that ended in cuts
 WAIT_LOG_S = 5.0
 MIN_BACKLOG_BYTES = 16384  # less waiting is no backlog (0.13 s even at 1 Mbit/s)
 STALL_SHARE = 0.5  # a stall of this share of the target backlog (or more): hold, do not cut the density
@@ -86,6 +94,7 @@ class _LinkState:
     at: float = 0.0
     throughput: float | None = None  # bytes/s while busy
     offered: float = 0.0  # bytes/s queued, smoothed
+    sample: float | None = None  # bytes/s sent over the last interval, if it was busy all along
 
 
 @dataclass
@@ -99,6 +108,7 @@ class Adapter:
     scale: float = 1.0  # bytes per update against the configured codec's (settings() turns it into both)
     min_gap: int = 1  # the thread syncs at most every min_gap batches
     links: dict[str, _LinkState] = field(default_factory=dict)
+    total_throughput: float | None = None  # bytes/s of the live links together while any was busy
     decided_at: float | None = None
     backlog_s: float = 0.0  # worst live link at the last observation (telemetry)
     hold: bool = False  # the thread defers its next sync: a live link is over the target backlog
@@ -106,6 +116,10 @@ class Adapter:
     changes: int = 0
     lowest: float = 1.0
     quiet: int = 0  # decisions in a row with nothing queued on any live link
+    decisions: int = 0
+    probe_after: int = PROBE_AFTER  # quiet decisions before the next probe (doubles after a failed one)
+    probed_at: int | None = None  # the decision of the last probe
+    probes: int = 0
     own_stall: float = 0.0  # seconds: this peer's recent loop stall (gossip.runtime.stall)
     stalled: dict[str, float] = field(default_factory=dict)  # the receivers' recent stalls, by link
     stalled_decisions: int = 0  # decisions that held the density because a stall explained the backlog
@@ -151,6 +165,11 @@ class Adapter:
         if not self.enabled:
             return None
         live = {n: s for n, s in self.links.items() if n not in down}
+        busy = [s.sample for s in live.values() if s.sample is not None]
+        if busy:  # links that share this host's uplink share its capacity: one busy link alone gets it all
+            total = sum(busy)
+            self.total_throughput = total if self.total_throughput is None else \
+                EMA * total + (1 - EMA) * self.total_throughput
         self.backlog_s, _ = self._worst(live)
         self.hold = self.backlog_s > self.cfg.adapt_target_backlog_s  # every tick: the queue stays bounded
         if self.decided_at is None:
@@ -184,8 +203,9 @@ class Adapter:
         dt = now - s.at
         if dt <= 0:
             return
+        s.sample = None
         if s.unsent > 0 and unsent > 0 and sent > s.sent:  # busy the whole interval: its capacity
-            rate = (sent - s.sent) / dt
+            rate = s.sample = (sent - s.sent) / dt
             s.throughput = rate if s.throughput is None else EMA * rate + (1 - EMA) * s.throughput
         s.offered = EMA * max(0, queued - s.queued) / dt + (1 - EMA) * s.offered
         s.sent, s.queued, s.unsent, s.at = sent, queued, unsent, now
@@ -193,6 +213,7 @@ class Adapter:
     def decide(self, links: dict[str, _LinkState]) -> str | None:
         """One decision on the live ``links``: lower, hold or raise the density (and the sync gap)."""
         target = self.cfg.adapt_target_backlog_s
+        self.decisions += 1
         worst, name = self._worst(links)
         self.backlog_s = worst
         if name is not None and worst > target:
@@ -207,18 +228,27 @@ class Adapter:
             if s.offered <= want:
                 return None  # already draining fast enough: lowering more would only lose freshness
             factor = min(1 / UP, max(1 / DOWN_MAX, want / s.offered))
+            if self.probed_at is not None and self.decisions - self.probed_at <= self.probe_after:
+                self.probe_after = min(MAX_PROBE_AFTER, 2 * self.probe_after)  # the probe failed
+                self.probed_at = None
             if self.scale > self.floor:
                 return self._set(max(self.floor, self.scale * factor), self.min_gap, name, s, "backlog_over_target")
             if self.min_gap < MAX_GAP:
                 return self._set(self.scale, min(MAX_GAP, self.min_gap * 2), name, s, "backlog_at_density_floor")
             return None
         self.quiet = self.quiet + 1 if worst == 0.0 else 0
-        if worst < LOW_FRACTION * target and (self.scale < 1.0 or self.min_gap > 1) and self._room(links):
-            s = links[name] if name is not None else _LinkState()
-            if self.min_gap > 1:
-                return self._set(self.scale, self.min_gap // 2, name, s, "backlog_low")
-            return self._set(min(1.0, self.scale * UP), 1, name, s, "backlog_low")
-        return None  # between the thresholds: hold (hysteresis)
+        if worst >= LOW_FRACTION * target or (self.scale >= 1.0 and self.min_gap == 1):
+            return None  # between the thresholds: hold (hysteresis); or nothing to raise
+        s = links[name] if name is not None else \
+            _LinkState(throughput=self.total_throughput, offered=sum(x.offered for x in links.values()))
+        gap, scale = (self.min_gap // 2, self.scale) if self.min_gap > 1 else (1, self._next_up())
+        ratio = self.min_gap / gap if self.min_gap > 1 else self._bytes(scale) / self._bytes(self.scale)
+        if self._room(links, ratio):
+            return self._set(scale, gap, name, s, "backlog_low")
+        if self.quiet >= self.probe_after and (self.probed_at is None or self.decisions - self.probed_at >= PROBE_GAP):
+            self.probed_at, self.probes = self.decisions, self.probes + 1
+            return self._set(scale, gap, name, s, "probe")
+        return None
 
     def _note_stall(self, link: str, s: _LinkState, stall: float) -> None:
         """One ``adapt_stalled`` line per WAIT_LOG_S at most, with the decisions held since the last."""
@@ -231,12 +261,31 @@ class Adapter:
                      backlog_s=round(self.backlog_s, 2), backlog_bytes=s.unsent, density=round(self.current_density, 6))
             self._stall_logged = (now, self.stalled_decisions)
 
-    def _room(self, links: dict[str, _LinkState]) -> bool:
-        """Would one step up still fit every busy link (UTIL of its throughput)? After PROBE_AFTER
-        quiet decisions, yes anyway: the link may have got faster, and an idle link is not measured."""
-        if self.quiet >= PROBE_AFTER:
-            return True
-        return all(s.throughput is None or s.offered * UP <= UTIL * s.throughput for s in links.values())
+    def _room(self, links: dict[str, _LinkState], ratio: float) -> bool:
+        """Would ``ratio`` times the bytes still fit every busy link (UTIL of its throughput), and
+        all of them together what they carried together? Links that share a bottleneck (this
+        host's uplink) each look roomy while the other one is idle (session 13: at 50 Mbit every
+        peer rose to fp32 over and over, each of its two links measured alone)."""
+        total = sum(s.offered for s in links.values())
+        return all(s.throughput is None or s.offered * ratio <= UTIL * s.throughput for s in links.values()) \
+            and (self.total_throughput is None or total * ratio <= UTIL * self.total_throughput)
+
+    def _bytes(self, scale: float) -> float:
+        """Bytes per update at ``scale`` against the configured codec's (settings(): at most ``scale``)."""
+        density, values = self.settings(scale)
+        return density * _cost(values) / (self.density * _cost(self.values))
+
+    def _next_up(self) -> float:
+        """The scale of the next setting up: ``UP`` times the bytes, or where the next value codec
+        fits at the configured density when bytes stand still until then."""
+        now = self._bytes(self.scale)
+        up = min(1.0, max(self.scale, now) * UP)
+        if self._bytes(up) > now * (1 + 1e-9):
+            return up
+        ladder = self._ladder()
+        values = self.settings(self.scale)[1]
+        better = ladder[max(0, ladder.index(values) - 1)] if values in ladder else self.values
+        return min(1.0, _cost(better) / _cost(self.values))
 
     def _set(self, scale: float, gap: int, link: str | None, s: _LinkState, why: str) -> str:
         self.scale, self.min_gap = scale, gap
@@ -245,6 +294,7 @@ class Adapter:
         density, values = self.settings()
         log.info("adapt", link=link, why=why, throughput_mbps=_mbps(s.throughput), offered_mbps=_mbps(s.offered),
                  backlog_s=round(self.backlog_s, 2), backlog_bytes=s.unsent,
+                 stall_s=round(max(self.own_stall, self.stalled.get(link or "", 0.0)), 3),
                  density=round(density, 6), values=values, bytes_scale=round(scale, 4), sync_gap=gap)
         return why
 
@@ -269,7 +319,7 @@ class Adapter:
 
     def summary(self) -> None:
         if self.enabled:
-            log.info("adapt_summary", changes=self.changes, held_batches=self.held_batches,
+            log.info("adapt_summary", changes=self.changes, probes=self.probes, held_batches=self.held_batches,
                      stalled_decisions=self.stalled_decisions,
                      density=round(self.current_density, 6),
                      lowest_density=round(self.settings(self.lowest)[0], 6), values=self.settings()[1],

@@ -11,7 +11,12 @@ link is idle for want of a reader or a writer, and fewer bytes per update only l
 * **inbox backlog** — how long the receive loop has been finding its socket non-empty after each
   message without a break (it reads slower than the neighbours deliver).
 
-:meth:`Stall.recent` is the worst of both over the last :data:`RECENT_S` seconds. Every
+:meth:`Stall.recent` is the larger of the two *sums* over the last :data:`RECENT_S` seconds
+(every lag, every backlogged stretch that ended, or goes on, within it): a peer starved of CPU
+(16 processes on 2 cores) rarely stalls for long at once, but often, and each of its short
+stalls lets the senders' queues grow; the longest single one missed that (session 12: a receiver
+draining at 0.5 Mbit/s reported under half a second). Not the sum of both: a loop lag also
+lengthens the inbox's stretch it falls in. Every
 heartbeat carries it (``Heartbeat.stalled_ms``), and the neighbours' density controllers
 (:class:`gossip.runtime.adapt.Adapter`) hold their syncs instead of cutting the density while
 the receiver of a backlogged link (or they themselves) stalled that long.
@@ -37,7 +42,7 @@ class Stall:
         self.recent_s = recent_s
         self._lags: deque[tuple[float, float]] = deque()  # (when, seconds late), only lags over one probe
         self._inbox_since: float | None = None  # the receive loop found its socket non-empty since then
-        self._inbox_peak: tuple[float, float] = (0.0, 0.0)  # (when it ended, how long it lasted)
+        self._inbox: deque[tuple[float, float]] = deque()  # (when it ended, how long it lasted)
         self.worst = 0.0  # the longest stall seen in the run (for the result)
 
     async def watch(self) -> None:
@@ -62,23 +67,27 @@ class Stall:
             return
         if self._inbox_since is not None:
             lasted = now - self._inbox_since
-            if lasted >= self._inbox_peak[1] or now - self._inbox_peak[0] > self.recent_s:
-                self._inbox_peak = (now, lasted)
+            if lasted > 0:
+                self._inbox.append((now, lasted))
             self.worst = max(self.worst, lasted)
             self._inbox_since = None
+        self._forget(self._inbox, now)
 
     def recent(self) -> float:
-        """Seconds: the longest lag or inbox backlog that ended (or goes on) within the last ``recent_s``."""
+        """Seconds: the lags, or the inbox's backlogged stretches, that ended (or go on) within the
+        last ``recent_s``, summed; the larger of the two."""
         now = self.clock()
-        while self._lags and now - self._lags[0][0] > self.recent_s:
-            self._lags.popleft()
-        worst = max((s for _, s in self._lags), default=0.0)
+        lags = sum(s for _, s in self._forget(self._lags, now))
+        inbox = sum(s for _, s in self._forget(self._inbox, now))
         if self._inbox_since is not None:
-            worst = max(worst, now - self._inbox_since)
-        when, lasted = self._inbox_peak
-        if now - when <= self.recent_s:
-            worst = max(worst, lasted)
-        return min(worst, MAX_REPORT_S)
+            inbox += now - self._inbox_since
+        return min(max(lags, inbox), MAX_REPORT_S)
+
+    def _forget(self, stalls: deque[tuple[float, float]], now: float) -> deque[tuple[float, float]]:
+        """Drop what ended before the window; the deque stays as short as the window's stalls."""
+        while stalls and now - stalls[0][0] > self.recent_s:
+            stalls.popleft()
+        return stalls
 
     def report_ms(self) -> int:
         """:meth:`recent` for a heartbeat, whole milliseconds."""
