@@ -20,8 +20,8 @@ Tuning guide (``communication:`` keys):
   above which the density falls. It is about the delay an update waits behind others before it
   leaves: lower it for fresher updates at the price of fewer kept elements; raise it when the
   throughput is jumpy. Density rises again once the backlog is under ``LOW_FRACTION`` of the
-  target and the next setting still fits ``UTIL`` of the measured throughput (the gap between the
-  two thresholds is the hysteresis: no flapping). The next setting is ``UP`` times the bytes, or
+  target and the next setting still fits ``UTIL`` of each link's measured throughput and of the
+  links' together (hysteresis: no flapping). The next setting is ``UP`` times the bytes, or
   the next value codec up the ladder at the configured density where bytes stand still in between
   (int8 at the configured density, say, until fp16 fits: +67%, then fp32: +80%), and the fit is
   judged on those real bytes. After ``PROBE_AFTER`` decisions in a row with nothing queued it
@@ -38,7 +38,7 @@ Tuning guide (``communication:`` keys):
 
 A backlog is not always the link's: when this peer's own event loop, or the receiver's (its
 heartbeats say so, :mod:`gossip.runtime.stall`), recently stalled for ``STALL_SHARE`` of the
-target backlog or longer, the CPU may explain it (16 peers on 2 cores; a training thread holding
+target backlog or longer in all, the CPU may explain it (16 peers on 2 cores; a training thread holding
 the GIL), and the throughput measured meanwhile is the starved reader's, not the link's: the sync
 is held while the backlog lasts, and the density stays (logged as ``adapt_stalled``, counted in
 the summary) until the reports are quiet again. Less than ``MIN_BACKLOG_BYTES`` waiting is no
@@ -47,8 +47,8 @@ backlog at all.
 A decrease aims the offered rate (bytes queued per second) at ``UTIL`` of the throughput,
 less what drains the backlog above the target within ``adapt_target_backlog_s``; it is never
 smaller than ``1/DOWN_MAX`` per decision, and none happens while the backlog already drains
-that fast. Decisions are logged as one ``adapt`` event per
-change (link, throughput, backlog, density, why) and a summary, ``adapt_summary``, at the end.
+that fast. Decisions are logged as one ``adapt`` event per change (link, throughput, backlog,
+stall, density, why) and a summary, ``adapt_summary``, at the end.
 
 :class:`LeadBound`: the training thread waits before its next batch while it is more than
 ``communication.max_lead_steps`` global steps ahead of the slowest live neighbour that has not
