@@ -279,7 +279,7 @@ class Adapter:
         """The scale of the next setting up: ``UP`` times the bytes, or where the next value codec
         fits at the configured density when bytes stand still until then."""
         now = self._bytes(self.scale)
-        up = min(1.0, max(self.scale, now) * UP)
+        up = min(1.0, self.scale * UP)  # bytes never exceed the scale: UP x the scale is at least UP x the bytes
         if self._bytes(up) > now * (1 + 1e-9):
             return up
         ladder = self._ladder()
